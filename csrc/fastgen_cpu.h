@@ -1,0 +1,50 @@
+// CPU helpers shared by the fastgen CPU kernels: contiguous blocks of any floating dtype loaded
+// as vectors of its accumulation type (bf16 -> two float vectors), and stored back.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <array>
+
+#include "fastgen_math.h"
+
+namespace fastgen {
+
+// Block I/O: a block holds Vectorized<T>::size() elements of T, seen as kParts vectors of acc_t.
+template <typename T>
+struct VecBlock {
+  using acc_t = at::opmath_type<T>;
+  using AccVec = at::vec::Vectorized<acc_t>;
+  static constexpr int kParts = 1;
+  static constexpr int64_t kSize = at::vec::Vectorized<T>::size();
+  static std::array<AccVec, 1> load(const T* p) { return {AccVec::loadu(p)}; }
+  static void store(T* p, const std::array<AccVec, 1>& v) { v[0].store(p); }
+};
+
+template <>
+struct VecBlock<at::BFloat16> {
+  using acc_t = float;
+  using AccVec = at::vec::Vectorized<float>;
+  static constexpr int kParts = 2;
+  static constexpr int64_t kSize = at::vec::Vectorized<at::BFloat16>::size();
+  static std::array<AccVec, 2> load(const at::BFloat16* p) {
+    auto pair = at::vec::convert_to_float<at::BFloat16>(at::vec::Vectorized<at::BFloat16>::loadu(p));
+    return {std::get<0>(pair), std::get<1>(pair)};
+  }
+  static void store(at::BFloat16* p, const std::array<AccVec, 2>& v) {
+    at::vec::convert_from_float<at::BFloat16>(v[0], v[1]).store(p);
+  }
+};
+
+// Grain size for at::parallel_for over rows of `cols` elements: about 32K elements a task.
+inline int64_t row_grain(int64_t cols) {
+  int64_t c = cols > 0 ? cols : 1;
+  int64_t g = 32768 / c;
+  return g > 0 ? g : 1;
+}
+
+}  // namespace fastgen

@@ -1,0 +1,22 @@
+"""fastgen: fast, exact PyTorch building blocks for the classic deep generative models."""
+from fastgen import _ext
+from fastgen._impl import IMPLS, ImplUnavailableError, get_impl, set_impl, use_impl
+from fastgen import ops, nn  # noqa: E402  (registers the ops)
+
+__version__ = "0.1.0"
+__all__ = ["IMPLS", "ImplUnavailableError", "get_impl", "set_impl", "use_impl", "ops", "nn",
+           "__version__"]
+
+
+def build_info():
+    """Which implementations this build has."""
+    import torch
+
+    return {
+        "version": __version__,
+        "torch": torch.__version__,
+        "cpp": _ext.AVAILABLE,
+        "cuda_kernels": _ext.CUDA_BUILT,
+        "cuda_device": torch.cuda.is_available(),
+        "extension_error": None if _ext.LOAD_ERROR is None else str(_ext.LOAD_ERROR),
+    }

@@ -1,0 +1,20 @@
+"""Loads the compiled extension fastgen._C once; without it every op falls back to its reference."""
+import warnings
+
+try:
+    from fastgen import _C  # noqa: F401  (loading it registers the fastgen:: ops)
+
+    AVAILABLE = True
+    CUDA_BUILT = bool(getattr(_C, "cuda_built", False))
+    LOAD_ERROR = None
+except (ImportError, OSError) as exc:  # not built, or built against another torch
+    AVAILABLE = False
+    CUDA_BUILT = False
+    LOAD_ERROR = exc
+    warnings.warn(
+        "fastgen: the compiled extension fastgen._C is not available "
+        f"({type(exc).__name__}: {exc}); every op falls back to its pure-PyTorch reference. "
+        "Build it with `pip install --no-build-isolation -e .`.",
+        RuntimeWarning,
+        stacklevel=2,
+    )

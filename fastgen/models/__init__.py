@@ -1,0 +1,4 @@
+"""Generative models with one interface (see fastgen.models.base)."""
+from fastgen.models.base import AutoregressiveModel, inverse_cdf
+
+__all__ = ["AutoregressiveModel", "inverse_cdf"]

@@ -1,0 +1,1 @@
+"""Pure-PyTorch references: the spec of every fastgen op, and its fallback."""

@@ -1,0 +1,1 @@
+"""Triton kernels of fastgen (shipped as fastgen.kernels). Imported lazily by fastgen.ops."""
