@@ -1,7 +1,14 @@
 """The fastgen bench suite: every bench/bench_*.py against the eager reference and
 torch.compile(reference), in one process; a table on stdout, JSON under bench/results/.
 
-    python bench/run.py [--quick] [--only NAME ...]
+    python bench/run.py [--quick] [--only NAME ...] [--system-malloc]
+
+Eager CPU times of large tensors are dominated by page faults on freshly mapped memory: glibc
+returns every block over 32 MiB to the kernel on free and maps it anew on the next allocation.
+The suite therefore re-runs itself with glibc told to keep freed memory for reuse
+(MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_ large), which every provider enjoys alike: it is
+what PyTorch's caching allocator does on a GPU and what its CPU tuning guide gets from
+jemalloc/tcmalloc. --system-malloc measures with the default behaviour instead.
 """
 import argparse
 import glob
@@ -24,12 +31,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not a measurement")
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these of {bench_names()}")
+    parser.add_argument("--system-malloc", action="store_true", help="keep glibc's default allocator settings")
     args = parser.parse_args(argv)
+    if not args.system_malloc and os.environ.get("MALLOC_MMAP_MAX_") != "0":
+        env = dict(os.environ, MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 40))
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], env)
     names = bench_names()
     unknown = sorted(set(args.only or []) - set(names))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {names}")
-    print(f"fastgen bench suite: {environment()}")
+    allocator = "system malloc" if args.system_malloc else "glibc keeping freed memory (MALLOC_MMAP_MAX_=0)"
+    print(f"fastgen bench suite: {environment()}, allocator: {allocator}")
     all_rows = []
     for name in args.only or names:
         module = importlib.import_module(f"bench.bench_{name}")
