@@ -34,6 +34,20 @@ def _log1p_unit(e):
 
 
 @triton.jit
+def _round(x, dtype):
+    """x (fp32/fp64) as dtype, rounded to nearest even. The interpreter's fp32 -> bf16 cast
+    truncates (whatever fp_downcast_rounding says), so bf16 is rounded here by hand: add
+    0x7FFF plus the lowest kept bit to the fp32 bits, keep the top 16 (NaN stays NaN, overflow
+    goes to inf). On a GPU this equals the native cast."""
+    if dtype == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(dtype)
+
+
+@triton.jit
 def _term_kernel(x_ptr, grad_ptr, partial_ptr, N, S: tl.constexpr, C: tl.constexpr,
                  FAMILY: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr,
                  ACC: tl.constexpr):
@@ -57,7 +71,7 @@ def _term_kernel(x_ptr, grad_ptr, partial_ptr, N, S: tl.constexpr, C: tl.constex
         loss = C * y
         grad = tl.zeros_like(y) + cs_inv_n
     if WRITE_GRAD:
-        tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=ok)
+        tl.store(grad_ptr + offs, _round(grad, grad_ptr.dtype.element_ty), mask=ok)
     tl.store(partial_ptr + pid, tl.sum(tl.where(ok, loss, 0.0), axis=0))
 
 
@@ -73,13 +87,11 @@ def _segment_mean(partial_ptr, count, n, BLOCK: tl.constexpr):
 
 @triton.jit
 def _finalize_kernel(partial_ptr, count0, n0, count1, n1, loss_ptr,
-                     TWO_TERMS: tl.constexpr, OUT_F64: tl.constexpr, BLOCK: tl.constexpr):
+                     TWO_TERMS: tl.constexpr, BLOCK: tl.constexpr):
     loss = _segment_mean(partial_ptr, count0, n0, BLOCK)
     if TWO_TERMS:
         loss += _segment_mean(partial_ptr + count0, count1, n1, BLOCK)
-    if not OUT_F64:
-        loss = loss.to(tl.float32)  # the interpreter converts fp64 -> bf16 wrongly; via fp32
-    tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
+    tl.store(loss_ptr, _round(loss, loss_ptr.dtype.element_ty))
 
 
 def _acc(dtype):
@@ -105,8 +117,7 @@ def _run(tensors, wants, family, signs):
     loss = x0.new_empty(())
     two = len(tensors) > 1
     _finalize_kernel[(1,)](partials, counts[0], tensors[0].numel(), counts[1] if two else 0,
-                           tensors[1].numel() if two else 1, loss, TWO_TERMS=two,
-                           OUT_F64=x0.dtype == torch.float64, BLOCK=FINAL_BLOCK)
+                           tensors[1].numel() if two else 1, loss, TWO_TERMS=two, BLOCK=FINAL_BLOCK)
     return (loss, *grads)
 
 

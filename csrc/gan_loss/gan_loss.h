@@ -49,7 +49,7 @@ FASTGEN_HOST_DEVICE inline void gan_term_element(T x, T s, T c, T cs_inv_n, T& l
 
 }  // namespace fastgen
 
-#if !defined(__CUDA_ARCH__)
+// Host-side: the terms of each kind (shared by the CPU and CUDA launchers).
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
@@ -80,4 +80,3 @@ inline double gan_mean(double sum, int64_t n) {
 }
 
 }  // namespace fastgen
-#endif
