@@ -99,3 +99,16 @@ except fastgen.ImplUnavailableError as e:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "refused:" in out.stdout and "not built" in out.stdout
+
+
+def test_import_fastgen_first_loads_the_extension():
+    """`import fastgen` before torch must still load fastgen._C (it links against torch's libs)."""
+    import subprocess
+    import sys
+
+    if os.environ.get("FASTGEN_ALLOW_NO_EXT") == "1":
+        pytest.skip("FASTGEN_ALLOW_NO_EXT=1")
+    out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c",
+                          "import fastgen; assert fastgen.build_info()['cpp'], fastgen.build_info()"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
