@@ -37,8 +37,9 @@ class MaskedLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @torch.no_grad()
-    def set_mask(self, mask):
-        """Replace the mask (e.g. MADE's connectivity-agnostic resampling); weights unchanged."""
+    def set_mask(self, mask, layout=None):
+        """Replace the mask (e.g. MADE's connectivity-agnostic resampling); weights unchanged.
+        `layout`: mask_layout(mask) when the caller has it cached."""
         mask = torch.as_tensor(mask)
         if mask.shape != (self.out_features, self.in_features):
             raise ValueError(f"MaskedLinear: mask must have shape ({self.out_features}, "
@@ -46,7 +47,7 @@ class MaskedLinear(nn.Module):
         mask = check_mask("MaskedLinear", mask.to(self.weight.device), self.weight)
         self.mask.copy_(mask)
         # plain attributes, not buffers: the layout is host-side metadata and stays on the CPU
-        self.layout = mask_layout(self.mask)
+        self.layout = mask_layout(self.mask) if layout is None else layout
 
     def forward(self, x):
         return masked_linear(x, self.weight, self.mask, self.bias, layout=self.layout)
