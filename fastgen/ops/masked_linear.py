@@ -15,6 +15,7 @@ partitioning 0..O, column groups [c0, c1, r0, r1] partitioning 0..I.
 Implementations: "reference", "cpp"/"cuda" (fastgen::masked_linear) and "triton"
 (fastgen::masked_linear_triton), sharing one fake kernel and one autograd wiring.
 """
+import math
 from typing import NamedTuple
 
 import torch
@@ -198,7 +199,7 @@ def masked_linear(x, weight, mask, bias=None, layout=None):
     if layout is None:
         layout = dense_layout(*weight.shape) if compiling else mask_layout(mask)
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x.reshape(math.prod(lead), x.shape[-1])
     fn = torch.ops.fastgen.masked_linear_triton if impl == "triton" else torch.ops.fastgen.masked_linear
     y = fn(x2, weight, mask, bias, layout.row_blocks, layout.col_blocks)
     return y.view(*lead, weight.shape[0])
