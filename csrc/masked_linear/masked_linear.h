@@ -28,11 +28,4 @@ FASTGEN_HOST_DEVICE inline T masked_weight(T w, bool keep) {
   return keep ? w : T(0);
 }
 
-// One step of a tiled product with the mask applied to a loaded B element (forward, grad x)
-// or to the finished C element (grad W); both select, so masked entries are exactly zero.
-template <typename Acc>
-FASTGEN_HOST_DEVICE inline Acc masked_fma(Acc acc, Acc a, Acc b, bool keep) {
-  return acc + a * masked_weight(b, keep);
-}
-
 }  // namespace fastgen
