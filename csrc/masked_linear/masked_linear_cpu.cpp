@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <vector>
 
 #include "fastgen_cpu.h"
 #include "masked_linear/masked_linear_common.h"
@@ -20,12 +21,11 @@ std::vector<std::array<int64_t, 2>> row_spans(const std::vector<MaskBlock>& rows
   return span;
 }
 
-// dst[r, c] = f(src[r, c], mask[r, c]) inside each row's span; outside it 0 when `zero_outside`
-// (else untouched: those entries are never read).
-template <typename scalar_t, typename F>
+// dst[r, c] = masked_weight(src[r, c], mask[r, c]) inside each row's span; outside it 0 when
+// `zero_outside` (else untouched: those entries are never read). In place is fine.
+template <typename scalar_t>
 void apply_mask_rows(scalar_t* dst, const scalar_t* src, const bool* mask,
-                     const std::vector<std::array<int64_t, 2>>& span, int64_t cols, bool zero_outside,
-                     F f) {
+                     const std::vector<std::array<int64_t, 2>>& span, int64_t cols, bool zero_outside) {
   const int64_t n_rows = static_cast<int64_t>(span.size());
   at::parallel_for(0, n_rows, row_grain(cols), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -34,18 +34,30 @@ void apply_mask_rows(scalar_t* dst, const scalar_t* src, const bool* mask,
         for (int64_t c = 0; c < lo; ++c) dst[base + c] = scalar_t(0);
         for (int64_t c = hi; c < cols; ++c) dst[base + c] = scalar_t(0);
       }
-      for (int64_t c = lo; c < hi; ++c) dst[base + c] = f(src[base + c], mask[base + c]);
+      for (int64_t c = lo; c < hi; ++c) dst[base + c] = masked_weight<scalar_t>(src[base + c], mask[base + c]);
     }
   });
 }
 
+// Wm = where(M, W, 0) on the rectangles [r0, r1) x [c0, c1) only (disjoint: the blocks of one
+// layout), which are all a set of GEMMs over that layout reads.
 at::Tensor masked_weight_cpu(const at::Tensor& w, const at::Tensor& m,
-                             const std::vector<std::array<int64_t, 2>>& span, bool zero_outside) {
+                             const std::vector<std::array<int64_t, 4>>& rects) {
   auto wm = at::empty_like(w);
+  const int64_t cols = w.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, w.scalar_type(), "masked_weight_cpu", [&] {
-    apply_mask_rows<scalar_t>(wm.mutable_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                              m.const_data_ptr<bool>(), span, w.size(1), zero_outside,
-                              [](scalar_t v, bool keep) { return masked_weight<scalar_t>(v, keep); });
+    scalar_t* dst = wm.mutable_data_ptr<scalar_t>();
+    const scalar_t* src = w.const_data_ptr<scalar_t>();
+    const bool* mask = m.const_data_ptr<bool>();
+    for (const auto& rc : rects) {
+      const int64_t c0 = rc[2], c1 = rc[3];
+      if (c1 <= c0) continue;
+      at::parallel_for(rc[0], rc[1], row_grain(c1 - c0), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < c1; ++c)
+            dst[r * cols + c] = masked_weight<scalar_t>(src[r * cols + c], mask[r * cols + c]);
+      });
+    }
   });
   return wm;
 }
@@ -65,7 +77,9 @@ at::Tensor masked_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in
   auto y = at::empty({n, out_f}, x_in.options());
   if (n == 0 || out_f == 0) return y;
   auto x = x_in.contiguous(), w = weight_in.contiguous(), m = mask_in.contiguous();
-  auto wm = masked_weight_cpu(w, m, row_spans(rows, out_f), false);
+  std::vector<std::array<int64_t, 4>> rects;
+  for (const auto& g : rows) rects.push_back({g.a0, g.a1, g.b0, g.b1});
+  auto wm = masked_weight_cpu(w, m, rects);
   for (const auto& g : rows) {
     auto yv = y.narrow(1, g.a0, g.a1 - g.a0);
     if (g.b1 > g.b0) {
@@ -103,8 +117,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
   if (output_mask[0]) {
     gx = at::empty({n, in_f}, x.options());
     if (n > 0 && in_f > 0) {
-      // column groups read Wm over their row span, which may cross other rows' spans: fill all
-      auto wm = masked_weight_cpu(w, m, spans, true);
+      // column group [c0, c1) reads Wm[r0:r1, c0:c1]: fill exactly those rectangles
+      std::vector<std::array<int64_t, 4>> rects;
+      for (const auto& g : cols) rects.push_back({g.b0, g.b1, g.a0, g.a1});
+      auto wm = masked_weight_cpu(w, m, rects);
       for (const auto& g : cols) {
         auto gxv = gx.narrow(1, g.a0, g.a1 - g.a0);
         if (g.b1 > g.b0)
@@ -128,8 +144,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
     if (gw.numel() > 0) {
       AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gw.scalar_type(), "masked_linear_grad_w_cpu", [&] {
         scalar_t* p = gw.mutable_data_ptr<scalar_t>();
-        apply_mask_rows<scalar_t>(p, p, m.const_data_ptr<bool>(), spans, in_f, true,
-                                  [](scalar_t v, bool keep) { return masked_weight<scalar_t>(v, keep); });
+        apply_mask_rows<scalar_t>(p, p, m.const_data_ptr<bool>(), spans, in_f, true);
       });
     }
   }

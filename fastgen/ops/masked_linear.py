@@ -26,7 +26,7 @@ from fastgen.reference import masked_linear as _reference
 
 OP = "masked_linear"
 GPU_DEFAULT = "cuda"
-TILE = 64           # rows of the mask examined as one unit when building a layout
+TILE = 128          # rows of the mask examined as one unit when building a layout
 GEMM_OVERHEAD = 4096  # weight entries one extra GEMM call is worth (merging threshold)
 
 
