@@ -204,3 +204,19 @@ def test_compiled_op_rejects_a_foreign_layout():
         torch.ops.fastgen.masked_linear(x, w, m, b, lay.row_blocks + 1, lay.col_blocks)
     with pytest.raises(RuntimeError, match="mask must be a bool"):
         torch.ops.fastgen.masked_linear(x, w, m.float(), b, lay.row_blocks, lay.col_blocks)
+
+
+@pytest.mark.skipif(not _ext.AVAILABLE, reason="compiled extension not built")
+def test_large_problem_threaded_path_matches_reference():
+    """Big enough for the CPU kernel's multi-threaded passes (it runs small ones inline)."""
+    x, w, m, b = _inputs((48, 1500), 1600, torch.float32, requires_grad=True)
+    gy = torch.randn(48, 1600)
+    with fastgen.use_impl("cpp"):
+        y = masked_linear(x, w, m, b, layout=mask_layout(m))
+        g = torch.autograd.grad((y * gy).sum(), (x, w, b))
+    y_ref = reference(x, w, m, b)
+    g_ref = torch.autograd.grad((y_ref * gy).sum(), (x, w, b))
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-3)
+    for a, r in zip(g, g_ref):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-3)
+    assert torch.all(g[1][~m] == 0)
