@@ -2,3 +2,8 @@
 from fastgen.nn.reparameterize import GaussianHead
 
 __all__ = ["GaussianHead"]
+from fastgen.nn.masked_conv2d import MaskedConv2d  # noqa: E402
+from fastgen.nn.gated_pixelcnn import (GatedPixelCNNLayer, HorizontalStackConv,  # noqa: E402
+                                       VerticalStackConv)
+
+__all__ += ["MaskedConv2d", "GatedPixelCNNLayer", "HorizontalStackConv", "VerticalStackConv"]
