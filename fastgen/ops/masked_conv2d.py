@@ -40,12 +40,17 @@ def _masked_conv2d_backward_triton(
 
 
 # --- fake kernels ---------------------------------------------------------------------------
+# The kernels work in NHWC: activations and input gradients come back channels-last.
+def _channels_last(t, shape):
+    return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=torch.channels_last)
+
+
 def _fake(x, weight, bias, mask_type, data_channels):
-    return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
+    return _channels_last(x, (x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
 
 
 def _fake_backward(grad_y, x, weight, mask_type, data_channels, x_grad, weight_grad, bias_grad):
-    return (torch.empty_like(x, memory_format=torch.contiguous_format) if x_grad else x.new_empty(0),
+    return (_channels_last(x, x.shape) if x_grad else x.new_empty(0),
             torch.empty_like(weight, memory_format=torch.contiguous_format) if weight_grad
             else weight.new_empty(0),
             weight.new_empty(weight.shape[0]) if bias_grad else weight.new_empty(0))
