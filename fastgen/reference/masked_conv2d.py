@@ -49,10 +49,13 @@ def masked_conv2d(x, weight, bias, mask_type, data_channels):
     ch, cw = kh // 2, kw // 2
     xp = torch.nn.functional.pad(x, (cw, cw, ch, ch))
     y = x.new_zeros(n, cout, h, w)
-    centre = centre_mask(cout, cin, mask_type, data_channels, weight.dtype, weight.device)
+    centre = centre_mask(cout, cin, mask_type, data_channels, torch.bool, weight.device)
     for i in range(ch + 1):
-        for j in range(kw if i < ch else cw + 1):
-            w_tap = weight[:, :, i, j] * centre if (i, j) == (ch, cw) else weight[:, :, i, j]
+        # the centre only when some channel pair passes it (type B, or A with colour groups)
+        for j in range(kw if i < ch else cw + int(mask_type == "B" or data_channels > 1)):
+            w_tap = weight[:, :, i, j]
+            if (i, j) == (ch, cw):  # select, not multiply: a masked tap never reaches y
+                w_tap = torch.where(centre, w_tap, torch.zeros_like(w_tap))
             y = y + torch.einsum("nchw,oc->nohw", xp[:, :, i:i + h, j:j + w], w_tap)
     if bias is not None:
         y = y + bias.view(1, -1, 1, 1)
