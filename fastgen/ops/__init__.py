@@ -1,7 +1,6 @@
 """Functional ops. Each chooses its implementation through fastgen.use_impl / FASTGEN_IMPL."""
 from fastgen.ops.reparameterize import reparameterize
+from fastgen.ops.gan_loss import discriminator_loss, generator_loss
+from fastgen.ops.masked_conv2d import masked_conv2d
 
-__all__ = ["reparameterize"]
-from fastgen.ops.masked_conv2d import masked_conv2d  # noqa: E402
-
-__all__ += ["masked_conv2d"]
+__all__ = ["reparameterize", "discriminator_loss", "generator_loss", "masked_conv2d"]
