@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
@@ -60,6 +61,18 @@ void gather_rows(const T* src, int64_t h, int64_t w, int64_t c, const Plan& plan
 
 int64_t chunk_rows(int64_t k) { return std::clamp<int64_t>(131072 / std::max<int64_t>(k, 1), 32, 1024); }
 
+// Runs body(chunk) for chunks 0..chunks-1 on the intra-op threads, each thread taking the next
+// chunk when it is done with one: on a shared machine a thread that loses its core takes fewer
+// chunks instead of holding every other thread up (a static split waits for the slowest).
+template <typename F>
+void for_each_chunk(int64_t chunks, const F& body) {
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), chunks);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) body(c);
+  });
+}
+
 // out (M, Cout_mat) += patches(src) @ mat, chunk by chunk.
 template <typename T>
 void patch_matmul(const at::Tensor& src, const MaskedConvArgs& a, int64_t c, const Plan& plan,
@@ -71,34 +84,36 @@ void patch_matmul(const at::Tensor& src, const MaskedConvArgs& a, int64_t c, con
   }
   const int64_t chunks = (m_total + rows - 1) / rows;
   const T* s = src.const_data_ptr<T>();
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    auto patch = at::empty({rows, k}, mat.options());
-    for (int64_t ci = c0; ci < c1; ++ci) {
-      const int64_t m0 = ci * rows, m1 = std::min(m_total, m0 + rows);
-      gather_rows<T>(s, a.h, a.w, c, plan, m0, m1, patch.mutable_data_ptr<T>());
-      out.narrow(0, m0, m1 - m0).addmm_(patch.narrow(0, 0, m1 - m0), mat);
-    }
+  std::vector<at::Tensor> patches(at::get_num_threads());
+  for_each_chunk(chunks, [&](int64_t ci) {
+    auto& patch = patches[at::get_thread_num()];
+    if (!patch.defined()) patch = at::empty({rows, k}, mat.options());
+    const int64_t m0 = ci * rows, m1 = std::min(m_total, m0 + rows);
+    gather_rows<T>(s, a.h, a.w, c, plan, m0, m1, patch.mutable_data_ptr<T>());
+    out.narrow(0, m0, m1 - m0).addmm_(patch.narrow(0, 0, m1 - m0), mat);
   });
 }
 
 // sum over chunks of patches(src)^T @ gy, one accumulator per thread.
 template <typename T>
 at::Tensor patch_grad(const at::Tensor& src, const MaskedConvArgs& a, const Plan& plan, const at::Tensor& gy) {
-  const int64_t m_total = gy.size(0), k = plan.taps * a.cin, rows = chunk_rows(k);
+  // longer chunks than the forward's: they are the inner dimension of these products
+  const int64_t m_total = gy.size(0), k = plan.taps * a.cin, rows = 4 * chunk_rows(k);
   if (plan.nseg == 1 && plan.taps == 1 && plan.segs[0].dy == 0 && plan.segs[0].dx == 0)
     return at::mm(src.view({m_total, a.cin}).t(), gy);  // a 1x1 kernel
   const int64_t chunks = (m_total + rows - 1) / rows;
   std::vector<at::Tensor> acc(at::get_num_threads());
   const T* s = src.const_data_ptr<T>();
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    auto patch = at::empty({rows, k}, gy.options());
-    auto& mine = acc[at::get_thread_num()];
-    if (!mine.defined()) mine = at::zeros({k, a.cout}, gy.options());
-    for (int64_t ci = c0; ci < c1; ++ci) {
-      const int64_t m0 = ci * rows, m1 = std::min(m_total, m0 + rows);
-      gather_rows<T>(s, a.h, a.w, a.cin, plan, m0, m1, patch.mutable_data_ptr<T>());
-      mine.addmm_(patch.narrow(0, 0, m1 - m0).t(), gy.narrow(0, m0, m1 - m0));
+  std::vector<at::Tensor> patches(at::get_num_threads());
+  for_each_chunk(chunks, [&](int64_t ci) {
+    const int tid = at::get_thread_num();
+    if (!patches[tid].defined()) {
+      patches[tid] = at::empty({rows, k}, gy.options());
+      acc[tid] = at::zeros({k, a.cout}, gy.options());
     }
+    const int64_t m0 = ci * rows, m1 = std::min(m_total, m0 + rows);
+    gather_rows<T>(s, a.h, a.w, a.cin, plan, m0, m1, patches[tid].mutable_data_ptr<T>());
+    acc[tid].addmm_(patches[tid].narrow(0, 0, m1 - m0).t(), gy.narrow(0, m0, m1 - m0));
   });
   at::Tensor total = at::zeros({k, a.cout}, gy.options());
   for (auto& t : acc)
