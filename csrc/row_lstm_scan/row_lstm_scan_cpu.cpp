@@ -1,16 +1,20 @@
 // CPU kernels of row_lstm_scan: the whole recurrence in one call.
 //
 // Layout: every row keeps its state as (channels, B*W) matrices, so the state-to-state
-// convolution of all batch elements is one GEMM per row,
+// convolution of a batch chunk is one GEMM per row,
 //   z_r (4h, B*W) = x_r + bias + Wcat (4h, 3h) @ hcat_{r-1} (3h, B*W),
 // where Wcat[j, k*h + c] = weight_ss[j, c, k] and hcat stacks the previous row's hidden state
 // shifted by -1, 0, +1 along W (zero at the borders). The gates and cells of all rows are saved
 // in that layout, (H, 4h, B, W) and (H, h, B, W); the backward runs the rows in reverse:
 //   dz_r from the cell math (row_lstm_scan.h), dWcat += dz_r @ hcat_{r-1}^T,
 //   dh_{r-1} += shift^T(Wcat^T @ dz_r).
-// The GEMMs use the BLAS threads; the element math runs in parallel over hidden units with
-// at::vec. bfloat16 runs in float32.
+// Threads split the batch: one parallel region per call, each thread scanning its batch chunk
+// with single-threaded GEMMs and at::vec element math, so no barrier per row (robust on a
+// loaded machine). bfloat16 runs in float32.
 #include <torch/library.h>
+
+#include <algorithm>
+#include <mutex>
 
 #include "fastgen_cpu.h"
 #include "row_lstm_scan/row_lstm_scan.h"
@@ -21,167 +25,168 @@ namespace {
 
 using at::Tensor;
 
-// hcat (3h, B, W) from a hidden row given as h[u][b][w] = src[u * su + b * sb + w]
+// hcat (3h, nb, W) from a hidden row given as h[u][b][w] = src[u * su + b * sb + w], b < nb
 template <typename T>
-void build_hcat(T* hcat, const T* src, int64_t su, int64_t sb, int64_t h, int64_t B, int64_t W) {
-  const int64_t BW = B * W;
-  at::parallel_for(0, h, 8, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      T* left = hcat + u * BW;            // tap 0: h[w - 1]
-      T* mid = hcat + (h + u) * BW;       // tap 1: h[w]
-      T* right = hcat + (2 * h + u) * BW; // tap 2: h[w + 1]
-      for (int64_t b = 0; b < B; ++b) {
-        const T* s = src + u * su + b * sb;
-        T* l = left + b * W;
-        T* m = mid + b * W;
-        T* r = right + b * W;
-        for (int64_t w = 0; w < W; ++w) m[w] = s[w];
-        l[0] = T(0);
-        for (int64_t w = 1; w < W; ++w) l[w] = s[w - 1];
-        for (int64_t w = 0; w + 1 < W; ++w) r[w] = s[w + 1];
-        r[W - 1] = T(0);
-      }
+void build_hcat(T* hcat, const T* src, int64_t su, int64_t sb, int64_t h, int64_t nb, int64_t W) {
+  const int64_t nW = nb * W;
+  for (int64_t u = 0; u < h; ++u) {
+    T* left = hcat + u * nW;            // tap 0: h[w - 1]
+    T* mid = hcat + (h + u) * nW;       // tap 1: h[w]
+    T* right = hcat + (2 * h + u) * nW; // tap 2: h[w + 1]
+    for (int64_t b = 0; b < nb; ++b) {
+      const T* s = src + u * su + b * sb;
+      T* l = left + b * W;
+      T* m = mid + b * W;
+      T* r = right + b * W;
+      for (int64_t w = 0; w < W; ++w) m[w] = s[w];
+      l[0] = T(0);
+      for (int64_t w = 1; w < W; ++w) l[w] = s[w - 1];
+      for (int64_t w = 0; w + 1 < W; ++w) r[w] = s[w + 1];
+      r[W - 1] = T(0);
     }
-  });
-}
-
-template <typename T>
-void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* cell, T* gates,
-                  Tensor& hcat_t, int64_t B, int64_t h, int64_t H, int64_t W) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t kV = Vec::size();
-  const int64_t BW = B * W, G = 4 * h;
-  T* hcat = hcat_t.data_ptr<T>();
-  for (int64_t r = 0; r < H; ++r) {
-    T* z = gates + r * G * BW;
-    at::parallel_for(0, G, 16, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) {
-        const T bj = bias ? bias[j] : T(0);
-        for (int64_t b = 0; b < B; ++b) {
-          const T* xs = x + ((b * G + j) * H + r) * W;
-          T* zs = z + j * BW + b * W;
-          for (int64_t w = 0; w < W; ++w) zs[w] = xs[w] + bj;
-        }
-      }
-    });
-    if (r > 0) {
-      auto z_t = at::from_blob(z, {G, BW}, hcat_t.options());
-      z_t.addmm_(wcat, hcat_t);
-    }
-    const T* c_prev = r > 0 ? cell + (r - 1) * h * BW : nullptr;
-    T* c_row = cell + r * h * BW;
-    T* h_row = hcat + h * BW;  // the middle tap of hcat holds this row's hidden state
-    at::parallel_for(0, h, 4, [&](int64_t u0, int64_t u1) {
-      for (int64_t u = u0; u < u1; ++u) {
-        T* zi = z + u * BW;
-        T* zf = z + (h + u) * BW;
-        T* zg = z + (2 * h + u) * BW;
-        T* zo = z + (3 * h + u) * BW;
-        const T* cp = c_prev ? c_prev + u * BW : nullptr;
-        T* cr = c_row + u * BW;
-        T* hr = h_row + u * BW;
-        int64_t n = 0;
-        for (; n + kV <= BW; n += kV) {
-          Vec i, f, g, o, c, hv;
-          lstm_cell_forward(Vec::loadu(zi + n), Vec::loadu(zf + n), Vec::loadu(zg + n), Vec::loadu(zo + n),
-                            cp ? Vec::loadu(cp + n) : Vec(T(0)), i, f, g, o, c, hv);
-          i.store(zi + n); f.store(zf + n); g.store(zg + n); o.store(zo + n);
-          c.store(cr + n);
-          hv.store(hr + n);
-        }
-        for (; n < BW; ++n) {
-          lstm_cell_forward<T>(zi[n], zf[n], zg[n], zo[n], cp ? cp[n] : T(0), zi[n], zf[n], zg[n], zo[n],
-                               cr[n], hr[n]);
-        }
-        for (int64_t b = 0; b < B; ++b) {
-          T* dst = hidden + ((b * h + u) * H + r) * W;
-          const T* s = hr + b * W;
-          for (int64_t w = 0; w < W; ++w) dst[w] = s[w];
-        }
-      }
-    });
-    if (r + 1 < H) build_hcat(hcat, hidden + r * W, H * W, h * H * W, h, B, W);
   }
 }
 
+// The forward scan of batch elements [b0, b1) on one thread. Gates and cells live in the
+// (H, channels, B, W) workspaces; this thread owns the columns [b0 * W, b1 * W) of each row.
 template <typename T>
-void backward_scan(const T* gh, const Tensor& wcat, const T* hidden, const T* cell, const T* gates,
-                   T* gx, Tensor& gwcat, T* gbias, int64_t B, int64_t h, int64_t H, int64_t W) {
+void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* cell, T* gates,
+                  int64_t B, int64_t h, int64_t H, int64_t W, int64_t b0, int64_t b1) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t kV = Vec::size();
-  const int64_t BW = B * W, G = 4 * h;
+  const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W, off = b0 * W;
+  Tensor hcat_t = at::empty({3 * h, nW}, wcat.options());
+  T* hcat = hcat_t.data_ptr<T>();
+  for (int64_t r = 0; r < H; ++r) {
+    T* z = gates + r * G * BW + off;  // (G, nW) with row stride BW
+    for (int64_t j = 0; j < G; ++j) {
+      const T bj = bias ? bias[j] : T(0);
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* xs = x + ((b * G + j) * H + r) * W;
+        T* zs = z + j * BW + (b - b0) * W;
+        for (int64_t w = 0; w < W; ++w) zs[w] = xs[w] + bj;
+      }
+    }
+    if (r > 0) {
+      auto z_t = at::from_blob(z, {G, nW}, {BW, 1}, wcat.options());
+      z_t.addmm_(wcat, hcat_t);
+    }
+    const T* c_prev = r > 0 ? cell + (r - 1) * h * BW + off : nullptr;
+    T* c_row = cell + r * h * BW + off;
+    for (int64_t u = 0; u < h; ++u) {
+      T* zi = z + u * BW;
+      T* zf = z + (h + u) * BW;
+      T* zg = z + (2 * h + u) * BW;
+      T* zo = z + (3 * h + u) * BW;
+      const T* cp = c_prev ? c_prev + u * BW : nullptr;
+      T* cr = c_row + u * BW;
+      T* hr = hcat + (h + u) * nW;  // the middle tap of hcat holds this row's hidden state
+      int64_t n = 0;
+      for (; n + kV <= nW; n += kV) {
+        Vec i, f, g, o, c, hv;
+        lstm_cell_forward(Vec::loadu(zi + n), Vec::loadu(zf + n), Vec::loadu(zg + n), Vec::loadu(zo + n),
+                          cp ? Vec::loadu(cp + n) : Vec(T(0)), i, f, g, o, c, hv);
+        i.store(zi + n); f.store(zf + n); g.store(zg + n); o.store(zo + n);
+        c.store(cr + n);
+        hv.store(hr + n);
+      }
+      for (; n < nW; ++n) {
+        lstm_cell_forward<T>(zi[n], zf[n], zg[n], zo[n], cp ? cp[n] : T(0), zi[n], zf[n], zg[n], zo[n],
+                             cr[n], hr[n]);
+      }
+      for (int64_t b = b0; b < b1; ++b) {
+        T* dst = hidden + ((b * h + u) * H + r) * W;
+        const T* s = hr + (b - b0) * W;
+        for (int64_t w = 0; w < W; ++w) dst[w] = s[w];
+      }
+    }
+    if (r + 1 < H) build_hcat(hcat, hidden + (b0 * h * H + r) * W, H * W, h * H * W, h, nb, W);
+  }
+}
+
+// The reverse scan of batch elements [b0, b1) on one thread; adds its weight and bias gradient
+// into gwcat (G, 3h) and gbias (G,) (thread-local buffers, summed by the caller).
+template <typename T>
+void backward_scan(const T* gh, const Tensor& wcat, const T* hidden, const T* cell, const T* gates,
+                   T* gx, Tensor& gwcat, T* gbias, int64_t B, int64_t h, int64_t H, int64_t W,
+                   int64_t b0, int64_t b1) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t kV = Vec::size();
+  const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W, off = b0 * W;
   auto opts = gwcat.options();
-  Tensor dz_t = at::empty({G, BW}, opts), hcat_t = at::empty({3 * h, BW}, opts);
-  Tensor dhcat_t = at::empty({3 * h, BW}, opts);
-  Tensor dh_rec_t = at::zeros({h, BW}, opts), dc_t = at::zeros({h, BW}, opts);
+  Tensor dz_t = at::empty({G, nW}, opts), hcat_t = at::empty({3 * h, nW}, opts);
+  Tensor dhcat_t = at::empty({3 * h, nW}, opts);
+  Tensor dh_rec_t = at::zeros({h, nW}, opts), dc_t = at::zeros({h, nW}, opts);
   Tensor wcat_t = wcat.t();
   T *dz = dz_t.data_ptr<T>(), *dhcat = dhcat_t.data_ptr<T>();
   T *dh_rec = dh_rec_t.data_ptr<T>(), *dcn = dc_t.data_ptr<T>();
   for (int64_t r = H - 1; r >= 0; --r) {
-    const T* gt = gates + r * G * BW;
-    const T* c_row = cell + r * h * BW;
-    const T* c_prev = r > 0 ? cell + (r - 1) * h * BW : nullptr;
-    at::parallel_for(0, h, 4, [&](int64_t u0, int64_t u1) {
-      for (int64_t u = u0; u < u1; ++u) {
-        T* dhr = dh_rec + u * BW;  // gather this row's output gradient into the recurrent one
-        for (int64_t b = 0; b < B; ++b) {
-          const T* s = gh + ((b * h + u) * H + r) * W;
-          T* d = dhr + b * W;
-          for (int64_t w = 0; w < W; ++w) d[w] += s[w];
-        }
-        const T *pi = gt + u * BW, *pf = gt + (h + u) * BW, *pg = gt + (2 * h + u) * BW, *po = gt + (3 * h + u) * BW;
-        const T* cr = c_row + u * BW;
-        const T* cp = c_prev ? c_prev + u * BW : nullptr;
-        T* dc = dcn + u * BW;
-        T *di = dz + u * BW, *df = dz + (h + u) * BW, *dg = dz + (2 * h + u) * BW, *dout = dz + (3 * h + u) * BW;
-        int64_t n = 0;
-        for (; n + kV <= BW; n += kV) {
-          Vec a, b_, c_, d_, e;
-          lstm_cell_backward(Vec::loadu(dhr + n), Vec::loadu(dc + n), Vec::loadu(pi + n), Vec::loadu(pf + n),
-                             Vec::loadu(pg + n), Vec::loadu(po + n), Vec::loadu(cr + n),
-                             cp ? Vec::loadu(cp + n) : Vec(T(0)), a, b_, c_, d_, e);
-          a.store(di + n); b_.store(df + n); c_.store(dg + n); d_.store(dout + n); e.store(dc + n);
-        }
-        for (; n < BW; ++n) {
-          lstm_cell_backward<T>(dhr[n], dc[n], pi[n], pf[n], pg[n], po[n], cr[n], cp ? cp[n] : T(0), di[n],
-                                df[n], dg[n], dout[n], dc[n]);
+    const T* gt = gates + r * G * BW + off;
+    const T* c_row = cell + r * h * BW + off;
+    const T* c_prev = r > 0 ? cell + (r - 1) * h * BW + off : nullptr;
+    for (int64_t u = 0; u < h; ++u) {
+      T* dhr = dh_rec + u * nW;  // gather this row's output gradient into the recurrent one
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* s = gh + ((b * h + u) * H + r) * W;
+        T* d = dhr + (b - b0) * W;
+        for (int64_t w = 0; w < W; ++w) d[w] += s[w];
+      }
+      const T *pi = gt + u * BW, *pf = gt + (h + u) * BW, *pg = gt + (2 * h + u) * BW, *po = gt + (3 * h + u) * BW;
+      const T* cr = c_row + u * BW;
+      const T* cp = c_prev ? c_prev + u * BW : nullptr;
+      T* dc = dcn + u * nW;
+      T *di = dz + u * nW, *df = dz + (h + u) * nW, *dg = dz + (2 * h + u) * nW, *dout = dz + (3 * h + u) * nW;
+      int64_t n = 0;
+      for (; n + kV <= nW; n += kV) {
+        Vec a, b_, c_, d_, e;
+        lstm_cell_backward(Vec::loadu(dhr + n), Vec::loadu(dc + n), Vec::loadu(pi + n), Vec::loadu(pf + n),
+                           Vec::loadu(pg + n), Vec::loadu(po + n), Vec::loadu(cr + n),
+                           cp ? Vec::loadu(cp + n) : Vec(T(0)), a, b_, c_, d_, e);
+        a.store(di + n); b_.store(df + n); c_.store(dg + n); d_.store(dout + n); e.store(dc + n);
+      }
+      for (; n < nW; ++n) {
+        lstm_cell_backward<T>(dhr[n], dc[n], pi[n], pf[n], pg[n], po[n], cr[n], cp ? cp[n] : T(0), di[n],
+                              df[n], dg[n], dout[n], dc[n]);
+      }
+    }
+    for (int64_t j = 0; j < G; ++j) {
+      const T* zs = dz + j * nW;
+      T acc = T(0);
+      for (int64_t b = b0; b < b1; ++b) {
+        T* xs = gx + ((b * G + j) * H + r) * W;
+        const T* zb = zs + (b - b0) * W;
+        for (int64_t w = 0; w < W; ++w) {
+          xs[w] = zb[w];
+          acc += zb[w];
         }
       }
-    });
-    at::parallel_for(0, G, 16, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) {
-        const T* zs = dz + j * BW;
-        T acc = T(0);
-        for (int64_t b = 0; b < B; ++b) {
-          T* xs = gx + ((b * G + j) * H + r) * W;
-          for (int64_t w = 0; w < W; ++w) {
-            xs[w] = zs[b * W + w];
-            acc += zs[b * W + w];
-          }
-        }
-        if (gbias) gbias[j] += acc;
-      }
-    });
+      if (gbias) gbias[j] += acc;
+    }
     if (r == 0) break;
-    build_hcat(hcat_t.data_ptr<T>(), hidden + (r - 1) * W, H * W, h * H * W, h, B, W);
+    build_hcat(hcat_t.data_ptr<T>(), hidden + (b0 * h * H + r - 1) * W, H * W, h * H * W, h, nb, W);
     gwcat.addmm_(dz_t, hcat_t.t());
     at::mm_out(dhcat_t, wcat_t, dz_t);
-    at::parallel_for(0, h, 8, [&](int64_t u0, int64_t u1) {
-      for (int64_t u = u0; u < u1; ++u) {
-        T* d = dh_rec + u * BW;
-        const T *l = dhcat + u * BW, *m = dhcat + (h + u) * BW, *rt = dhcat + (2 * h + u) * BW;
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t o = b * W;
-          for (int64_t w = 0; w < W; ++w) {
-            T v = m[o + w];
-            if (w + 1 < W) v += l[o + w + 1];
-            if (w >= 1) v += rt[o + w - 1];
-            d[o + w] = v;
-          }
+    for (int64_t u = 0; u < h; ++u) {
+      T* d = dh_rec + u * nW;
+      const T *l = dhcat + u * nW, *m = dhcat + (h + u) * nW, *rt = dhcat + (2 * h + u) * nW;
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t o = b * W;
+        for (int64_t w = 0; w < W; ++w) {
+          T v = m[o + w];
+          if (w + 1 < W) v += l[o + w + 1];
+          if (w >= 1) v += rt[o + w - 1];
+          d[o + w] = v;
         }
       }
-    });
+    }
   }
+}
+
+// Batch chunks per thread: one parallel region per call (no per-row barriers), each chunk's
+// GEMMs single-threaded inside it.
+inline int64_t batch_grain(int64_t B) {
+  const int64_t t = std::max<int64_t>(1, at::get_num_threads());
+  return std::max<int64_t>(1, (B + t - 1) / t);
 }
 
 std::tuple<Tensor, Tensor, Tensor> row_lstm_scan_cpu(const Tensor& x_in, const Tensor& w_in,
@@ -197,11 +202,12 @@ std::tuple<Tensor, Tensor, Tensor> row_lstm_scan_cpu(const Tensor& x_in, const T
   if (hidden.numel() == 0) return {hidden.zero_().to(x_in.scalar_type()), cell, gates};
   auto wcat = w_in.to(acc).permute({0, 2, 1}).reshape({G, 3 * h}).contiguous();
   auto bias = has_bias ? bias_in->to(acc).contiguous() : Tensor();
-  auto hcat = at::empty({3 * h, B * W}, opts);
   AT_DISPATCH_FLOATING_TYPES(acc, "row_lstm_scan_cpu", [&] {
-    forward_scan<scalar_t>(x.const_data_ptr<scalar_t>(), has_bias ? bias.const_data_ptr<scalar_t>() : nullptr,
-                           wcat, hidden.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(),
-                           gates.data_ptr<scalar_t>(), hcat, B, h, H, W);
+    at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+      forward_scan<scalar_t>(x.const_data_ptr<scalar_t>(), has_bias ? bias.const_data_ptr<scalar_t>() : nullptr,
+                             wcat, hidden.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(),
+                             gates.data_ptr<scalar_t>(), B, h, H, W, b0, b1);
+    });
   });
   return {hidden.to(x_in.scalar_type()), cell, gates};
 }
@@ -222,11 +228,19 @@ std::tuple<Tensor, Tensor, Tensor> row_lstm_scan_backward_cpu(const Tensor& grad
     auto gh = grad_hidden.to(acc).contiguous(), hidden = hidden_in.to(acc).contiguous();
     auto cell = cell_in.contiguous(), gates = gates_in.contiguous();
     auto wcat = w_in.to(acc).permute({0, 2, 1}).reshape({G, 3 * h}).contiguous();
+    std::mutex mu;
     AT_DISPATCH_FLOATING_TYPES(acc, "row_lstm_scan_backward_cpu", [&] {
-      backward_scan<scalar_t>(gh.const_data_ptr<scalar_t>(), wcat, hidden.const_data_ptr<scalar_t>(),
-                              cell.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
-                              gx.data_ptr<scalar_t>(), gwcat, bias_requires_grad ? gb.data_ptr<scalar_t>() : nullptr,
-                              B, h, H, W);
+      at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+        auto gw_local = at::zeros({G, 3 * h}, opts);
+        auto gb_local = at::zeros({bias_requires_grad ? G : 0}, opts);
+        backward_scan<scalar_t>(gh.const_data_ptr<scalar_t>(), wcat, hidden.const_data_ptr<scalar_t>(),
+                                cell.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
+                                gx.data_ptr<scalar_t>(), gw_local,
+                                bias_requires_grad ? gb_local.data_ptr<scalar_t>() : nullptr, B, h, H, W, b0, b1);
+        std::lock_guard<std::mutex> lock(mu);
+        gwcat.add_(gw_local);
+        if (bias_requires_grad) gb.add_(gb_local);
+      });
     });
   }
   auto gw = gwcat.view({G, 3, h}).permute({0, 2, 1}).contiguous();
