@@ -25,21 +25,30 @@ FASTGEN_HOST_DEVICE inline T lstm_sigmoid(T x) {
   return fg_where_nonneg(x, r, e * r);
 }
 
+// tanh(x) = sign(x) (1 - e) / (1 + e), e = e^-2|x|: one exp, finite for any x (absolute error
+// a few ulp of 1; Sleef's vector tanh costs as much as the whole row GEMM here).
+template <typename T>
+FASTGEN_HOST_DEVICE inline T lstm_tanh(T x) {
+  T e = fg_exp(T(-2) * fg_abs(x));
+  T t = (T(1) - e) / (T(1) + e);
+  return fg_where_nonneg(x, t, T(0) - t);
+}
+
 template <typename T>
 FASTGEN_HOST_DEVICE inline void lstm_cell_forward(T zi, T zf, T zg, T zo, T c_prev, T& i, T& f, T& g,
                                                   T& o, T& c, T& h) {
   i = lstm_sigmoid(zi);
   f = lstm_sigmoid(zf);
-  g = fg_tanh(zg);
+  g = lstm_tanh(zg);
   o = lstm_sigmoid(zo);
   c = f * c_prev + i * g;
-  h = o * fg_tanh(c);
+  h = o * lstm_tanh(c);
 }
 
 template <typename T>
 FASTGEN_HOST_DEVICE inline void lstm_cell_backward(T dh, T dc_next, T i, T f, T g, T o, T c, T c_prev,
                                                    T& dzi, T& dzf, T& dzg, T& dzo, T& dc_prev) {
-  T tc = fg_tanh(c);
+  T tc = lstm_tanh(c);
   T dc = dc_next + dh * o * (T(1) - tc * tc);
   dzi = dc * g * i * (T(1) - i);
   dzf = dc * c_prev * f * (T(1) - f);

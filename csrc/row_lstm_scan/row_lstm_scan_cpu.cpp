@@ -25,7 +25,7 @@ namespace {
 
 using at::Tensor;
 
-// hcat (3h, nb, W) from a hidden row given as h[u][b][w] = src[u * su + b * sb + w], b < nb
+// hcat (3h, nb, W) (backward) from a hidden row given as h[u][b][w] = src[u * su + b * sb + w], b < nb
 template <typename T>
 void build_hcat(T* hcat, const T* src, int64_t su, int64_t sb, int64_t h, int64_t nb, int64_t W) {
   const int64_t nW = nb * W;
@@ -47,60 +47,79 @@ void build_hcat(T* hcat, const T* src, int64_t su, int64_t sb, int64_t h, int64_
   }
 }
 
+// Rows of a (b, channel) plane are W apart: the row loops touch thousands of short segments
+// with a large stride, which the hardware prefetcher does not follow; ask for the coming
+// rows' segments explicitly (a prefetch never faults, so the plane's end needs no check).
+template <typename T>
+inline void prefetch_segment(const T* p, int64_t W, int write) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t w = 0; w < W; w += kLine) {
+    if (write) __builtin_prefetch(p + w, 1); else __builtin_prefetch(p + w, 0);
+  }
+  if (write) __builtin_prefetch(p + W - 1, 1); else __builtin_prefetch(p + W - 1, 0);
+}
+
+// Element math over n contiguous pre-activations (bias added here), in place: gates activated.
+template <typename T>
+inline void cell_forward_span(T* zi, T* zf, T* zg, T* zo, const T* bias4, const T* cp, T* cr, T* hr,
+                              int64_t n_total) {
+  using Vec = at::vec::Vectorized<T>;
+  const Vec bi(bias4[0]), bf(bias4[1]), bg(bias4[2]), bo(bias4[3]);
+  int64_t n = 0;
+  for (; n + Vec::size() <= n_total; n += Vec::size()) {
+    Vec i, f, g, o, c, hv;
+    lstm_cell_forward(Vec::loadu(zi + n) + bi, Vec::loadu(zf + n) + bf, Vec::loadu(zg + n) + bg,
+                      Vec::loadu(zo + n) + bo, cp ? Vec::loadu(cp + n) : Vec(T(0)), i, f, g, o, c, hv);
+    i.store(zi + n); f.store(zf + n); g.store(zg + n); o.store(zo + n);
+    c.store(cr + n);
+    hv.store(hr + n);
+  }
+  for (; n < n_total; ++n)
+    lstm_cell_forward<T>(zi[n] + bias4[0], zf[n] + bias4[1], zg[n] + bias4[2], zo[n] + bias4[3],
+                         cp ? cp[n] : T(0), zi[n], zf[n], zg[n], zo[n], cr[n], hr[n]);
+}
+
 // The forward scan of batch elements [b0, b1) on one thread. Gates and cells live in the
 // (H, channels, B, W) workspaces; this thread owns the columns [b0 * W, b1 * W) of each row.
+// First x is copied into the gates workspace in that layout (a sequential read of x; reading
+// it row by row instead would touch thousands of short segments a large stride apart), then
+// per row the GEMM adds the state-to-state term in place and the element math activates it.
 template <typename T>
 void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* cell, T* gates,
                   int64_t B, int64_t h, int64_t H, int64_t W, int64_t b0, int64_t b1) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t kV = Vec::size();
-  const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W, off = b0 * W;
+  const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W;
+  for (int64_t b = b0; b < b1; ++b)
+    for (int64_t j = 0; j < G; ++j)
+      for (int64_t r = 0; r < H; ++r) {
+        const T* s = x + ((b * G + j) * H + r) * W;
+        std::copy(s, s + W, gates + (r * G + j) * BW + b * W);
+      }
   Tensor hcat_t = at::empty({3 * h, nW}, wcat.options());
   T* hcat = hcat_t.data_ptr<T>();
   for (int64_t r = 0; r < H; ++r) {
-    T* z = gates + r * G * BW + off;  // (G, nW) with row stride BW
-    for (int64_t j = 0; j < G; ++j) {
-      const T bj = bias ? bias[j] : T(0);
-      for (int64_t b = b0; b < b1; ++b) {
-        const T* xs = x + ((b * G + j) * H + r) * W;
-        T* zs = z + j * BW + (b - b0) * W;
-        for (int64_t w = 0; w < W; ++w) zs[w] = xs[w] + bj;
-      }
-    }
-    if (r > 0) {
-      auto z_t = at::from_blob(z, {G, nW}, {BW, 1}, wcat.options());
-      z_t.addmm_(wcat, hcat_t);
-    }
-    const T* c_prev = r > 0 ? cell + (r - 1) * h * BW + off : nullptr;
-    T* c_row = cell + r * h * BW + off;
+    T* gt = gates + r * G * BW + b0 * W;
+    if (r > 0) at::from_blob(gt, {G, nW}, {BW, 1}, wcat.options()).addmm_(wcat, hcat_t);
     for (int64_t u = 0; u < h; ++u) {
-      T* zi = z + u * BW;
-      T* zf = z + (h + u) * BW;
-      T* zg = z + (2 * h + u) * BW;
-      T* zo = z + (3 * h + u) * BW;
-      const T* cp = c_prev ? c_prev + u * BW : nullptr;
-      T* cr = c_row + u * BW;
-      T* hr = hcat + (h + u) * nW;  // the middle tap of hcat holds this row's hidden state
-      int64_t n = 0;
-      for (; n + kV <= nW; n += kV) {
-        Vec i, f, g, o, c, hv;
-        lstm_cell_forward(Vec::loadu(zi + n), Vec::loadu(zf + n), Vec::loadu(zg + n), Vec::loadu(zo + n),
-                          cp ? Vec::loadu(cp + n) : Vec(T(0)), i, f, g, o, c, hv);
-        i.store(zi + n); f.store(zf + n); g.store(zg + n); o.store(zo + n);
-        c.store(cr + n);
-        hv.store(hr + n);
-      }
-      for (; n < nW; ++n) {
-        lstm_cell_forward<T>(zi[n], zf[n], zg[n], zo[n], cp ? cp[n] : T(0), zi[n], zf[n], zg[n], zo[n],
-                             cr[n], hr[n]);
-      }
-      for (int64_t b = b0; b < b1; ++b) {
-        T* dst = hidden + ((b * h + u) * H + r) * W;
-        const T* s = hr + (b - b0) * W;
-        for (int64_t w = 0; w < W; ++w) dst[w] = s[w];
+      T* hm = hcat + (h + u) * nW;  // tap 1 of the next row's hcat: this row's hidden state
+      const T bias4[4] = {bias ? bias[u] : T(0), bias ? bias[h + u] : T(0), bias ? bias[2 * h + u] : T(0),
+                          bias ? bias[3 * h + u] : T(0)};
+      cell_forward_span(gt + u * BW, gt + (h + u) * BW, gt + (2 * h + u) * BW, gt + (3 * h + u) * BW, bias4,
+                        r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr,
+                        cell + (r * h + u) * BW + b0 * W, hm, nW);
+      for (int64_t b = 0; b < nb; ++b) {
+        const T* s = hm + b * W;
+        T* dst = hidden + (((b0 + b) * h + u) * H + r) * W;
+        std::copy(s, s + W, dst);
+        if (r + 1 < H) {  // taps 0 and 2: this row's hidden shifted right and left
+          T* l = hcat + u * nW + b * W;
+          T* rt = hcat + (2 * h + u) * nW + b * W;
+          l[0] = T(0);
+          for (int64_t w = 1; w < W; ++w) l[w] = s[w - 1];
+          for (int64_t w = 0; w + 1 < W; ++w) rt[w] = s[w + 1];
+          rt[W - 1] = T(0);
+        }
       }
     }
-    if (r + 1 < H) build_hcat(hcat, hidden + (b0 * h * H + r) * W, H * W, h * H * W, h, nb, W);
   }
 }
 
@@ -111,8 +130,7 @@ void backward_scan(const T* gh, const Tensor& wcat, const T* hidden, const T* ce
                    T* gx, Tensor& gwcat, T* gbias, int64_t B, int64_t h, int64_t H, int64_t W,
                    int64_t b0, int64_t b1) {
   using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t kV = Vec::size();
-  const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W, off = b0 * W;
+  const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W;
   auto opts = gwcat.options();
   Tensor dz_t = at::empty({G, nW}, opts), hcat_t = at::empty({3 * h, nW}, opts);
   Tensor dhcat_t = at::empty({3 * h, nW}, opts);
@@ -121,23 +139,22 @@ void backward_scan(const T* gh, const Tensor& wcat, const T* hidden, const T* ce
   T *dz = dz_t.data_ptr<T>(), *dhcat = dhcat_t.data_ptr<T>();
   T *dh_rec = dh_rec_t.data_ptr<T>(), *dcn = dc_t.data_ptr<T>();
   for (int64_t r = H - 1; r >= 0; --r) {
-    const T* gt = gates + r * G * BW + off;
-    const T* c_row = cell + r * h * BW + off;
-    const T* c_prev = r > 0 ? cell + (r - 1) * h * BW + off : nullptr;
+    const T* gt = gates + r * G * BW + b0 * W;
     for (int64_t u = 0; u < h; ++u) {
       T* dhr = dh_rec + u * nW;  // gather this row's output gradient into the recurrent one
-      for (int64_t b = b0; b < b1; ++b) {
-        const T* s = gh + ((b * h + u) * H + r) * W;
-        T* d = dhr + (b - b0) * W;
+      for (int64_t b = 0; b < nb; ++b) {
+        const T* s = gh + (((b0 + b) * h + u) * H + r) * W;
+        T* d = dhr + b * W;
+        prefetch_segment(s - 2 * W, W, 0);
         for (int64_t w = 0; w < W; ++w) d[w] += s[w];
       }
       const T *pi = gt + u * BW, *pf = gt + (h + u) * BW, *pg = gt + (2 * h + u) * BW, *po = gt + (3 * h + u) * BW;
-      const T* cr = c_row + u * BW;
-      const T* cp = c_prev ? c_prev + u * BW : nullptr;
+      const T* cr = cell + (r * h + u) * BW + b0 * W;
+      const T* cp = r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr;
       T* dc = dcn + u * nW;
       T *di = dz + u * nW, *df = dz + (h + u) * nW, *dg = dz + (2 * h + u) * nW, *dout = dz + (3 * h + u) * nW;
       int64_t n = 0;
-      for (; n + kV <= nW; n += kV) {
+      for (; n + Vec::size() <= nW; n += Vec::size()) {
         Vec a, b_, c_, d_, e;
         lstm_cell_backward(Vec::loadu(dhr + n), Vec::loadu(dc + n), Vec::loadu(pi + n), Vec::loadu(pf + n),
                            Vec::loadu(pg + n), Vec::loadu(po + n), Vec::loadu(cr + n),
@@ -149,12 +166,13 @@ void backward_scan(const T* gh, const Tensor& wcat, const T* hidden, const T* ce
                               df[n], dg[n], dout[n], dc[n]);
       }
     }
-    for (int64_t j = 0; j < G; ++j) {
+    for (int64_t j = 0; j < G; ++j) {  // grad of input_gates row r, and of the bias
       const T* zs = dz + j * nW;
       T acc = T(0);
-      for (int64_t b = b0; b < b1; ++b) {
-        T* xs = gx + ((b * G + j) * H + r) * W;
-        const T* zb = zs + (b - b0) * W;
+      for (int64_t b = 0; b < nb; ++b) {
+        T* xs = gx + (((b0 + b) * G + j) * H + r) * W;
+        const T* zb = zs + b * W;
+        prefetch_segment(xs - W, W, 1);
         for (int64_t w = 0; w < W; ++w) {
           xs[w] = zb[w];
           acc += zb[w];
@@ -166,7 +184,7 @@ void backward_scan(const T* gh, const Tensor& wcat, const T* hidden, const T* ce
     build_hcat(hcat_t.data_ptr<T>(), hidden + (b0 * h * H + r - 1) * W, H * W, h * H * W, h, nb, W);
     gwcat.addmm_(dz_t, hcat_t.t());
     at::mm_out(dhcat_t, wcat_t, dz_t);
-    for (int64_t u = 0; u < h; ++u) {
+    for (int64_t u = 0; u < h; ++u) {  // dh_{r-1} = shift^T(Wcat^T dz_r)
       T* d = dh_rec + u * nW;
       const T *l = dhcat + u * nW, *m = dhcat + (h + u) * nW, *rt = dhcat + (2 * h + u) * nW;
       for (int64_t b = 0; b < nb; ++b) {
