@@ -299,3 +299,11 @@ def test_gan_loss_module(impl, device, kind):
     crit(fake).backward()
     assert fake.grad is not None and real.grad is None
     assert kind in repr(crit)
+
+
+def test_double_backward_raises_clearly(impl, device):
+    if impl == "reference":
+        pytest.skip("the reference supports double backward")
+    fake = _logits((6,), torch.float64, device, seed=23, requires_grad=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(generator_loss(fake, "minimax"), fake, create_graph=True)
