@@ -23,14 +23,20 @@ using DiscriminatorSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at
                                                                         c10::string_view, bool, bool);
 using GeneratorSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, c10::string_view, bool);
 
-// grad_loss * saved, or undefined when the input needs no gradient; a gradient asked of a
-// forward run with its flag off is an error, never a wrong answer.
+// grad_loss * saved, or undefined when the input needs no gradient. A gradient asked of a
+// forward run with its flag off is an error, never a wrong answer; so is a double backward (the
+// saved gradient is a constant here, so its own derivative would silently be lost).
+// Out of place: the saved gradients are also the op's gradient outputs, which a caller may hold
+// (scaling them in place, as Liger does, would change those outputs under the caller's feet).
 at::Tensor scaled(AutogradContext* ctx, size_t index, const at::Tensor& grad_loss, const at::Tensor& saved,
                   const char* name) {
   if (!ctx->needs_input_grad(index) || !grad_loss.defined()) return at::Tensor();
   const auto shape = ctx->saved_data[name].toIntVector();
   TORCH_CHECK(saved.sizes() == c10::IntArrayRef(shape), "fastgen gan loss: ", name,
               " requires grad but the forward was called with its gradient flag False");
+  TORCH_CHECK(!at::GradMode::is_enabled(),
+              "fastgen gan loss: double backward (create_graph=True) is not supported by the fused "
+              "kernels; use fastgen.use_impl('reference') for it");
   return saved * grad_loss;
 }
 
@@ -47,6 +53,7 @@ class DiscriminatorLossFunction : public torch::autograd::Function<Discriminator
     ctx->saved_data["fake_logits"] = fake.sizes().vec();
     ctx->save_for_backward({grad_real, grad_fake});
     ctx->mark_non_differentiable({grad_real, grad_fake});
+    ctx->set_materialize_grads(false);  // the gradient outputs get no incoming gradient: no zeros
     return {loss, grad_real, grad_fake};
   }
 
@@ -68,6 +75,7 @@ class GeneratorLossFunction : public torch::autograd::Function<GeneratorLossFunc
     ctx->saved_data["fake_logits"] = fake.sizes().vec();
     ctx->save_for_backward({grad_fake});
     ctx->mark_non_differentiable({grad_fake});
+    ctx->set_materialize_grads(false);
     return {loss, grad_fake};
   }
 

@@ -56,15 +56,19 @@ def _fake_generator(fake_logits, kind, fake_grad):
 def _setup_context(ctx, inputs, output):
     grads = output[1:]
     ctx.mark_non_differentiable(*grads)
+    ctx.set_materialize_grads(False)  # the gradient outputs get no incoming gradient: no zeros
     ctx.save_for_backward(*grads)
 
 
 def _scaled(ctx, grad_loss, saved, index, name):
-    if not ctx.needs_input_grad[index]:
+    if not ctx.needs_input_grad[index] or grad_loss is None:
         return None
     if tuple(saved.shape) != ctx.saved_shapes[index]:
         raise RuntimeError(f"fastgen gan loss: {name} requires grad but the forward was called "
                            f"with its gradient flag False")
+    if torch.is_grad_enabled():  # the saved gradient is a constant: its derivative would be lost
+        raise RuntimeError("fastgen gan loss: double backward (create_graph=True) is not supported "
+                           "by the fused kernels; use fastgen.use_impl('reference') for it")
     return saved * grad_loss
 
 
