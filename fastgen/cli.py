@@ -214,6 +214,10 @@ def cmd_bench(args):
     if not files or not os.path.exists(os.path.join(folder, "_harness.py")):
         raise FileNotFoundError(f"the benchmark suite is not here ({folder}): it ships with the source "
                                 "tree, run fastgen bench from a checkout")
+    stems = [os.path.basename(f)[len("bench_"):-3] for f in files]
+    unknown = sorted(set(args.only or []) - set(stems))
+    if unknown:
+        raise ValueError(f"no benchmark named {', '.join(unknown)}; available: {', '.join(stems)}")
     sys.path.insert(0, folder)
     harness = importlib.import_module("_harness")
     for path in files:

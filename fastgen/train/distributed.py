@@ -51,6 +51,16 @@ def wrap(module, info):
     return DistributedDataParallel(module, device_ids=ids)
 
 
+def mean_over_ranks(values, info):
+    """{name: float} averaged over ranks (for logging; identity with one process)."""
+    if info.world <= 1 or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / info.world for k, v in zip(keys, t)}
+
+
 def barrier(info):
     if info.world > 1:
         dist.barrier()

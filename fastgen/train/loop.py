@@ -255,6 +255,7 @@ def _train(cfg, info):
             save(skip_next)
             break
         epoch, skip = epoch + 1, 0
+        sums = distributed.mean_over_ranks(sums, info)  # log the mean over all ranks' shards
         row = {"epoch": epoch, "step": step, "seconds": round(time.time() - t0, 3),
                **{f"train_{k}": v / max(count, 1) for k, v in sums.items()}}
         val = validation_loss(model, spec.family, x_val.to(info.device), seed=hp["seed"])
