@@ -167,7 +167,7 @@ def _to_float_nchw(images, source):
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[:, None]
-    elif images.ndim == 4 and images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
+    elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
         images = images.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     if images.ndim != 4 or min(images.shape[1:], default=0) < 1:
         raise DataError(f"{source}: images must have shape (N, H, W), (N, C, H, W) or (N, H, W, C); "
