@@ -76,7 +76,7 @@ class DCGAN(nn.Module):
 
     def check_input(self, x, name="x"):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"{name} must be a float tensor")
+            raise TypeError(f"{name} must be a float tensor (images in [0, 1])")
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"{name} must have shape (N, {', '.join(map(str, self.input_shape))}); "
                              f"got {tuple(x.shape)}")
@@ -109,7 +109,7 @@ class DCGAN(nn.Module):
         self.generator / self.discriminator); default the plain ones. Returns python floats."""
         g_net = g_net or self.generator
         d_net = d_net or self.discriminator
-        real = self.check_input(real)
+        real = self.check_input(real, "real")
         n = real.shape[0]
         # D step: real and fake in one forward (one DDP forward per backward).
         with torch.no_grad():
