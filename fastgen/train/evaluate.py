@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from fastgen.train.checkpoint import CheckpointError, load_checkpoint
+from fastgen.train.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
 from fastgen.train.loop import num_levels
 from fastgen.train.registry import ModelError, build_model, get_spec
 
@@ -19,8 +19,9 @@ def load_trained(path, device="cpu"):
     except ModelError:
         raise
     except (RuntimeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: the checkpoint does not describe a loadable model "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:200]
+        raise CheckpointError(f"{checkpoint_path(path)}: the checkpoint does not describe a loadable "
+                              f"model ({type(exc).__name__}: {detail})") from None
     return model.to(device).eval(), payload, spec
 
 

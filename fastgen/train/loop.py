@@ -154,8 +154,7 @@ def _train(cfg, info):
         data_cfg, hp = payload["data"], dict(payload["train"])
         if cfg.epochs is not None:
             hp["epochs"] = cfg.epochs
-        if cfg.max_steps is not None:
-            hp["max_steps"] = cfg.max_steps
+        hp["max_steps"] = cfg.max_steps  # a step limit applies to one invocation only
         overrides = payload["model"]["kwargs"]
     else:
         if os.path.exists(ckpt):
@@ -177,8 +176,8 @@ def _train(cfg, info):
         try:
             model.load_state_dict(payload["model_state"])
         except (RuntimeError, KeyError) as exc:
-            raise CheckpointError(f"{ckpt}: weights do not fit model {spec.name!r} "
-                                  f"({str(exc).splitlines()[0]})") from None
+            detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:200]
+            raise CheckpointError(f"{ckpt}: weights do not fit model {spec.name!r} ({detail})") from None
     if tuple(x_train.shape[1:]) != tuple(model.input_shape):
         raise fdata.DataError(f"data shape {tuple(x_train.shape[1:])} does not match the model's "
                               f"input_shape {tuple(model.input_shape)}")
