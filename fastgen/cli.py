@@ -92,6 +92,7 @@ def build_parser():
     b = sub.add_parser("bench", help="run the benchmark suite (bench/bench_*.py)")
     b.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     b.add_argument("--only", action="append", help="run only these ops (stems)")
+    b.add_argument("--quality", action="store_true", help="run bench/quality.py instead (minutes)")
 
     sub.add_parser("info", help="build, implementations, versions, devices (JSON)")
     return p
@@ -219,6 +220,9 @@ def cmd_bench(args):
     if unknown:
         raise ValueError(f"no benchmark named {', '.join(unknown)}; available: {', '.join(stems)}")
     sys.path.insert(0, folder)
+    if args.quality:
+        importlib.import_module("quality").main(["--quick"] if args.quick else [])
+        return 0
     harness = importlib.import_module("_harness")
     for path in files:
         stem = os.path.basename(path)[len("bench_"):-3]
