@@ -1,0 +1,101 @@
+"""Benchmark harness for a noisy 2-core CPU: ratios measured side by side in one run.
+
+Providers run interleaved (round-robin, order rotated each round) and each reports the median
+of several repeats; memory-bound results are set against a STREAM triad, compute-bound ones
+against a large sgemm, both measured in the same run.
+"""
+import datetime
+import json
+import math
+import os
+import statistics
+import time
+
+import torch
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def _calibrate(fn, min_time):
+    fn()  # warm-up (allocator, lazy init, caches)
+    t0 = time.perf_counter()
+    fn()
+    t = max(time.perf_counter() - t0, 1e-7)
+    return max(1, math.ceil(min_time / t))
+
+
+def time_interleaved(providers, repeats=7, min_time=0.05):
+    """providers: {name: zero-arg callable} -> {name: median seconds per call}."""
+    names = list(providers)
+    inner = {n: _calibrate(providers[n], min_time) for n in names}
+    samples = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            fn, k = providers[n], inner[n]
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn()
+            samples[n].append((time.perf_counter() - t0) / k)
+    return {n: statistics.median(s) for n, s in samples.items()}
+
+
+def compile_timed(fn, *example_args, backward=False):
+    """torch.compile(fn) and the seconds its first call took (compilation included). With
+    backward=True the first call also back-propagates the sum of the outputs."""
+    compiled = torch.compile(fn)
+    t0 = time.perf_counter()
+    out = compiled(*example_args)
+    if backward:
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        sum(o.float().sum() for o in outs if o.requires_grad).backward()
+    return compiled, time.perf_counter() - t0
+
+
+def triad_gbs(n=1 << 25, repeats=5):
+    """STREAM triad a = b + s*c on float32 arrays of n elements (default 128 MiB each, well
+    beyond the caches), GB/s counting the 3 arrays once each, median of repeats."""
+    a, b, c = torch.empty(n), torch.rand(n), torch.rand(n)
+    fn = lambda: torch.add(b, c, alpha=3.0, out=a)  # noqa: E731
+    t = time_interleaved({"triad": fn}, repeats=repeats, min_time=0.2)["triad"]
+    return 3 * n * 4 / t / 1e9
+
+
+def sgemm_gflops(n=2048, repeats=5):
+    """A large float32 GEMM's GFLOP/s, median of repeats."""
+    a, b, c = torch.rand(n, n), torch.rand(n, n), torch.empty(n, n)
+    t = time_interleaved({"sgemm": lambda: torch.mm(a, b, out=c)}, repeats=repeats, min_time=0.2)["sgemm"]
+    return 2 * n ** 3 / t / 1e9
+
+
+def _fmt(v, spec):
+    return "" if v is None else format(v, spec)
+
+
+def format_table(rows):
+    head = ("op", "case", "provider", "ms", "speedup", "note")
+    body = [(str(r.get("op", "")), str(r.get("case", "")), str(r.get("provider", "")),
+             _fmt(r.get("ms"), ".4f"), _fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""),
+             str(r.get("note", ""))) for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(head), sep] + [line(b) for b in body])
+
+
+def environment():
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def report(name, rows, out_dir=RESULTS):
+    """Print rows as a table and write them to bench/results/<name>.json (atomically)."""
+    print(f"\n## {name}\n")
+    print(format_table(rows))
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{name}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"name": name, "environment": environment(), "rows": rows}, f, indent=1)
+    os.replace(tmp, path)
+    return path
