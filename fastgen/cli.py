@@ -4,7 +4,8 @@
     fastgen sample runs/made -n 64 -o grid.png
     fastgen score runs/made --data digits [--anomaly-classes 5-9]   (JSON on stdout)
     fastgen features runs/vae --data digits -o feats.npy            (+ linear-probe accuracy)
-    fastgen bench [--quick]      fastgen info
+    fastgen bench [--quick] [--quality]      fastgen info
+    fastgen --threads 1 train ...   (on a busy machine one thread per process avoids oversubscription)
     torchrun --nproc_per_node=2 -m fastgen train ...                (DistributedDataParallel)
 
 Expected failures (bad data, unknown model, corrupt checkpoint) print one line
@@ -45,6 +46,7 @@ def build_parser():
     from fastgen.train.registry import MODELS
 
     p = argparse.ArgumentParser(prog="fastgen", description="Deep generative models: train, sample, score.")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model", description=f"models: {', '.join(MODELS)} "
@@ -207,32 +209,24 @@ def _bench_dir():
 
 
 def cmd_bench(args):
+    """Runs the source tree's suite runner (bench/run.py) or quality script in a child process
+    (the runner re-executes itself with allocator settings)."""
     import glob
-    import importlib.util
+    import subprocess
 
     folder = _bench_dir()
-    files = sorted(glob.glob(os.path.join(folder, "bench_*.py")))
-    if not files or not os.path.exists(os.path.join(folder, "_harness.py")):
+    runner = os.path.join(folder, "quality.py" if args.quality else "run.py")
+    if not os.path.exists(runner):
         raise FileNotFoundError(f"the benchmark suite is not here ({folder}): it ships with the source "
                                 "tree, run fastgen bench from a checkout")
-    stems = [os.path.basename(f)[len("bench_"):-3] for f in files]
+    stems = sorted(os.path.basename(f)[len("bench_"):-3] for f in glob.glob(os.path.join(folder, "bench_*.py")))
     unknown = sorted(set(args.only or []) - set(stems))
     if unknown:
         raise ValueError(f"no benchmark named {', '.join(unknown)}; available: {', '.join(stems)}")
-    sys.path.insert(0, folder)
-    if args.quality:
-        importlib.import_module("quality").main(["--quick"] if args.quick else [])
-        return 0
-    harness = importlib.import_module("_harness")
-    for path in files:
-        stem = os.path.basename(path)[len("bench_"):-3]
-        if args.only and stem not in args.only:
-            continue
-        spec = importlib.util.spec_from_file_location(f"bench_{stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        harness.report(stem, module.run(quick=args.quick))
-    return 0
+    argv = [sys.executable, runner] + (["--quick"] if args.quick else [])
+    if args.only and not args.quality:
+        argv += ["--only", *args.only]
+    return subprocess.call(argv)
 
 
 def cmd_info(args):
@@ -280,6 +274,10 @@ def main(argv=None):
     from fastgen.train.registry import ModelError
     from fastgen._impl import ImplUnavailableError
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return COMMANDS[args.command](args)
     except (DataError, CheckpointError, ModelError, ImplUnavailableError, ValueError, OSError) as exc:
