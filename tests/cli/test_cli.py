@@ -214,3 +214,22 @@ def test_python_dash_m_in_a_real_process(tmp_path):
     proc = subprocess.run([PYTHON, "-m", "fastgen", "train"], capture_output=True, text=True,
                           env=subprocess_env(), cwd=tmp_path, timeout=300)
     assert proc.returncode == 2 and "usage: fastgen train" in proc.stderr  # argparse usage error
+
+
+def test_dynamic_binarisation_and_levels(tmp_path, run_cli, toy_path):
+    run = tmp_path / "dyn"
+    code, _, _ = run_cli("train", "toy_models:ToyAR", "--out", run, "--binarize", "dynamic", "--max-steps", "2",
+                         "--limit", "32", "--batch-size", "16", "--no-progress")
+    payload = load_checkpoint(run)
+    assert code == 0 and payload["data"]["binarize"] == "dynamic" and payload["model"]["kwargs"]["num_levels"] == 2
+    code, stdout, _ = run_cli("score", run, "--split", "val")  # val/test: a fixed stochastic draw
+    assert code == 0 and json.loads(stdout)["n"] == 180
+    run = tmp_path / "levels"
+    code, _, _ = run_cli("train", "vae", "--out", run, "--levels", "4", "--max-steps", "2", *VAE_ARGS)
+    kwargs = load_checkpoint(run)["model"]["kwargs"]
+    assert code == 0 and kwargs["decoder"] == "categorical" and kwargs["num_levels"] == 4
+    assert run_cli("sample", run, "-n", "4", "-o", tmp_path / "l.png")[0] == 0
+    code, stdout, _ = run_cli("score", run, "--k", "2")
+    assert code == 0 and json.loads(stdout)["nll_nats"] > 0
+    _one_line_error(*run_cli("train", "toy_models:ToyAR", "--out", tmp_path / "g", "--binarize", "none")[::2],
+                    "need discrete data")
