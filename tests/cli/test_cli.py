@@ -199,7 +199,7 @@ def test_checkpoint_write_is_atomic(vae_run, tmp_path, monkeypatch):
 def test_info_and_bench(run_cli):
     code, stdout, _ = run_cli("info")
     info = json.loads(stdout)
-    assert code == 0 and info["models"]["vae"] == "available" and "reference" in info["runnable_impls"]
+    assert code == 0 and info["models"]["vae"] == "available" and "reference" in info["runnable_impls"]["cpu"]
     _one_line_error(*run_cli("bench", "--only", "no-such-op")[::2], "no-such-op" if os.path.exists(
         os.path.join(ROOT, "bench", "_harness.py")) else "benchmark suite is not here")
 
