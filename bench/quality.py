@@ -7,7 +7,7 @@ registry that this build has (the VAE as ELBO and IWAE), checks of the expected 
 IndependentBernoulli > MarkovChain > FVSBN > NADE ~ MADE > PixelCNN ~ PixelRNN and IWAE >= ELBO;
 anomaly AUROC of models trained on digits 0-4 scoring held-out 0-4 against 5-9; linear-probe
 accuracy on VAE (and DCGAN discriminator) features against raw pixels; the 1-D GAN toy's value
-against -log 4. Writes the JSON and prints a table. Every number comes from a fixed seed.
+against -log 4. Writes the JSON, a 64-sample grid per model, and prints a table. Every number comes from a fixed seed.
 --quick: tiny budgets (a smoke test of the script, numbers meaningless).
 """
 import argparse
@@ -56,8 +56,8 @@ def _train(name, workdir, quick, **extra):
     return result, time.time() - t0
 
 
-def nll_rows(names, workdir, quick):
-    rows, models = [], {}
+def nll_rows(names, workdir, quick, samples_dir=None):
+    rows, models, gan_rows = [], {}, []
     x_test, _ = fdata.load("digits", "test", binarize="threshold")
     k = 16 if quick else 1000
     for name in names:
@@ -65,8 +65,16 @@ def nll_rows(names, workdir, quick):
         model, family = result["model"].eval(), result["family"]
         row = {"model": name, "epochs": result["epoch"], "steps": result["step"], "train_seconds": round(seconds, 1),
                "parameters": sum(p.numel() for p in model.parameters())}
+        if samples_dir:  # a picture of what each model learned (seeded)
+            from fastgen.train.images import image_grid, write_png
+
+            os.makedirs(samples_dir, exist_ok=True)
+            with torch.no_grad():
+                grid = model.sample(64, generator=torch.Generator().manual_seed(0))
+            write_png(os.path.join(samples_dir, f"{name}.png"), image_grid(grid, nrow=8, scale=4))
         if family == "gan":
             models[name] = (model, family)
+            gan_rows.append(row)
             continue
         nll = evaluate.nll(model, family, x_test, k=k, seed=0)
         row.update(nll_nats=float(nll.mean()), bits_per_dim=evaluate.bits_per_dim(float(nll.mean()), 64))
@@ -78,7 +86,7 @@ def nll_rows(names, workdir, quick):
         rows.append(row)
         models[name] = (model, family)
         print(f"  {name}: {row}", file=sys.stderr, flush=True)
-    return rows, models
+    return rows, models, gan_rows
 
 
 def order_checks(rows):
@@ -139,6 +147,8 @@ def table(results):
     for r in results["nll"]:
         lines.append(f"{r['model']:24s} {r['nll_nats']:8.3f} {r['bits_per_dim']:9.4f} "
                      f"{r.get('neg_elbo_nats', float('nan')):8.3f} {r['parameters']:9,d} {r['epochs']:6d} {r['train_seconds']:8.1f}")
+    for r in results["gan"]:
+        lines.append(f"{r['model']:24s} {'(no likelihood)':>27s} {r['parameters']:9,d} {r['epochs']:6d} {r['train_seconds']:8.1f}")
     if results["missing_models"]:
         lines.append(f"not in this build: {', '.join(results['missing_models'])}")
     lines.append("expected order:")
@@ -154,17 +164,17 @@ def table(results):
     return "\n".join(lines)
 
 
-def run(quick=False, models=None, anomaly=ANOMALY_MODELS):
+def run(quick=False, models=None, anomaly=ANOMALY_MODELS, samples_dir=None):
     names, missing = available(models or list(MODELS))
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="fastgen-quality-") as workdir:
-        nll, trained = nll_rows(names, workdir, quick)
+        nll, trained, gans = nll_rows(names, workdir, quick, samples_dir)
         anomaly_names = [m for m in anomaly if m in names]
         results = {
             "meta": {"quick": quick, "torch": torch.__version__, "python": platform.python_version(),
                      "threads": torch.get_num_threads(), "data": "digits, threshold-binarised, seed 0",
                      "command": "python bench/quality.py " + " ".join(sys.argv[1:])},
-            "nll": nll, "missing_models": missing, "checks": order_checks(nll),
+            "nll": nll, "gan": gans, "missing_models": missing, "checks": order_checks(nll),
             "anomaly": anomaly_rows(anomaly_names, workdir, quick), "probe": probe_rows(trained),
             "gan_toy": toy_rows(quick)}
     results["meta"]["seconds"] = round(time.time() - t0, 1)
@@ -178,6 +188,8 @@ def main(argv=None):
     p.add_argument("--anomaly-models", default=",".join(ANOMALY_MODELS))
     p.add_argument("--threads", type=int)
     p.add_argument("--out", default=os.path.join(HERE, "results", "quality.json"))
+    p.add_argument("--samples", default=os.path.join(HERE, "results", "quality_samples"),
+                   help="folder for a 64-sample PNG grid per model ('' for none)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -185,7 +197,7 @@ def main(argv=None):
     unknown = [m for m in (models or []) if m not in MODELS]
     if unknown:
         p.error(f"unknown models {unknown}; known: {', '.join(MODELS)}")
-    results = run(args.quick, models, tuple(a for a in args.anomaly_models.split(",") if a))
+    results = run(args.quick, models, tuple(a for a in args.anomaly_models.split(",") if a), args.samples or None)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:

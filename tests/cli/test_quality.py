@@ -16,7 +16,8 @@ def test_quality_quick(tmp_path, capsys, monkeypatch):
     import quality
 
     out = tmp_path / "quality.json"
-    quality.main(["--quick", "--models", "vae", "--anomaly-models", "vae", "--out", str(out)])
+    quality.main(["--quick", "--models", "vae", "--anomaly-models", "vae", "--out", str(out),
+                  "--samples", str(tmp_path / "samples")])
     results = json.loads(out.read_text())
     table = capsys.readouterr().out
     assert [r["model"] for r in results["nll"]] == ["vae"] and results["meta"]["quick"]
@@ -27,6 +28,7 @@ def test_quality_quick(tmp_path, capsys, monkeypatch):
     assert results["probe"][0]["features"].startswith("raw pixels") and len(results["probe"]) == 2
     assert len(results["gan_toy"]) == 3 and "GAN toy" in table and "vae" in table
     assert not os.path.exists(str(out) + ".tmp")
+    assert os.listdir(tmp_path / "samples") == ["vae.png"] and results["gan"] == []
     sys.modules.pop("quality", None)
 
 
