@@ -2,7 +2,8 @@
 
     python bench/quality.py [--quick] [--models vae,made,...] [--threads 1] [--out bench/results/quality.json]
 
-On binarised digits (threshold 0.5; seeded 70/10/20 split): test NLL in nats for every model of the
+On binarised digits (threshold 0.5; seeded 70/10/20 split), each model at the epoch of its lowest
+validation loss (registry default budgets): test NLL in nats for every model of the
 registry that this build has (the VAE as ELBO and IWAE), checks of the expected order
 IndependentBernoulli > MarkovChain > FVSBN > NADE ~ MADE > PixelCNN ~ PixelRNN and IWAE >= ELBO;
 anomaly AUROC of models trained on digits 0-4 scoring held-out 0-4 against 5-9; linear-probe
@@ -63,7 +64,10 @@ def nll_rows(names, workdir, quick, samples_dir=None):
     for name in names:
         result, seconds = _train(name, workdir, quick)
         model, family = result["model"].eval(), result["family"]
-        row = {"model": name, "epochs": result["epoch"], "steps": result["step"], "train_seconds": round(seconds, 1),
+        if result["best"]:  # the epoch with the lowest validation loss (digits is small: models overfit)
+            model.load_state_dict(result["best"]["model_state"])
+        row = {"model": name, "epochs": result["epoch"], "best_epoch": (result["best"] or {}).get("epoch"),
+               "steps": result["step"], "train_seconds": round(seconds, 1),
                "parameters": sum(p.numel() for p in model.parameters())}
         if samples_dir:  # a picture of what each model learned (seeded)
             from fastgen.train.images import image_grid, write_png
@@ -115,6 +119,8 @@ def anomaly_rows(names, workdir, quick):
     rows = []
     for name in names:
         result, seconds = _train(name, workdir, quick, classes="0-4", tag="-0to4")
+        if result["best"]:
+            result["model"].load_state_dict(result["best"]["model_state"])
         scores = evaluate.nll(result["model"].eval(), result["family"], x, k=16 if quick else 200, seed=0)
         rows.append({"model": name, "train_classes": "0-4", "auroc": evaluate.auroc(scores[~out_mask], scores[out_mask]),
                      "nll_in": float(scores[~out_mask].mean()), "nll_out": float(scores[out_mask].mean()),
@@ -143,12 +149,12 @@ def toy_rows(quick):
 
 def table(results):
     lines = ["test NLL on binarised digits (nats per image; lower is better)",
-             f"{'model':24s} {'NLL':>8s} {'bits/dim':>9s} {'-ELBO':>8s} {'params':>9s} {'epochs':>6s} {'train s':>8s}"]
+             f"{'model':24s} {'NLL':>8s} {'bits/dim':>9s} {'-ELBO':>8s} {'params':>9s} {'epochs':>6s} {'best':>5s} {'train s':>8s}"]
     for r in results["nll"]:
         lines.append(f"{r['model']:24s} {r['nll_nats']:8.3f} {r['bits_per_dim']:9.4f} "
-                     f"{r.get('neg_elbo_nats', float('nan')):8.3f} {r['parameters']:9,d} {r['epochs']:6d} {r['train_seconds']:8.1f}")
+                     f"{r.get('neg_elbo_nats', float('nan')):8.3f} {r['parameters']:9,d} {r['epochs']:6d} {str(r['best_epoch']):>5s} {r['train_seconds']:8.1f}")
     for r in results["gan"]:
-        lines.append(f"{r['model']:24s} {'(no likelihood)':>27s} {r['parameters']:9,d} {r['epochs']:6d} {r['train_seconds']:8.1f}")
+        lines.append(f"{r['model']:24s} {'(no likelihood)':>27s} {r['parameters']:9,d} {r['epochs']:6d} {'-':>5s} {r['train_seconds']:8.1f}")
     if results["missing_models"]:
         lines.append(f"not in this build: {', '.join(results['missing_models'])}")
     lines.append("expected order:")

@@ -41,6 +41,9 @@ def _positive_int(text):
     return v
 
 
+WEIGHTS_HELP = "best: the epoch with the lowest validation loss (default); last: the final weights"
+
+
 def build_parser():
     from fastgen.train.loop import BINARIZE_CHOICES
     from fastgen.train.registry import MODELS
@@ -76,6 +79,7 @@ def build_parser():
     s.add_argument("--nrow", type=_positive_int)
     s.add_argument("--scale", type=_positive_int, help="pixel zoom (default: images ~64 px wide)")
     s.add_argument("--mean", action="store_true", help="VAE: the decoder mean instead of a draw")
+    s.add_argument("--weights", choices=("best", "last"), default="best", help=WEIGHTS_HELP)
 
     sc = sub.add_parser("score", help="NLL (and anomaly AUROC) as JSON on stdout")
     sc.add_argument("run")
@@ -84,12 +88,14 @@ def build_parser():
     sc.add_argument("--k", type=_positive_int, help="VAE importance samples (default: the model's)")
     sc.add_argument("--anomaly-classes", help="labels treated as out-of-distribution, e.g. 5-9")
     sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--weights", choices=("best", "last"), default="best", help=WEIGHTS_HELP)
 
     f = sub.add_parser("features", help="save features (.npy) and report a linear-probe accuracy")
     f.add_argument("run")
     f.add_argument("--data", help="default: the training data")
     f.add_argument("--split", default="test", choices=("train", "val", "test"))
     f.add_argument("-o", "--output", default="features.npy")
+    f.add_argument("--weights", choices=("best", "last"), default="best", help=WEIGHTS_HELP)
 
     b = sub.add_parser("bench", help="run the benchmark suite (bench/bench_*.py)")
     b.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
@@ -131,7 +137,7 @@ def cmd_sample(args):
     from fastgen.train.images import image_grid, write_png
     from fastgen.train.loop import num_levels
 
-    model, payload, spec = load_trained(args.run)
+    model, payload, spec = load_trained(args.run, weights=args.weights)
     gen = torch.Generator().manual_seed(args.seed)
     kwargs = {"mean": True} if (args.mean and spec.family == "vae") else {}
     x = model.sample(args.n, generator=gen, **kwargs)
@@ -151,7 +157,7 @@ def cmd_score(args):
     from fastgen.train.evaluate import auroc, bits_per_dim, load_trained, nll
     from fastgen.train.loop import load_split
 
-    model, payload, spec = load_trained(args.run)
+    model, payload, spec = load_trained(args.run, weights=args.weights)
     data_cfg = _data_for(payload, args.data)
     anomaly = parse_classes(args.anomaly_classes)
     x, y = load_split(data_cfg, args.split, classes=None if anomaly is not None else "config")
@@ -187,7 +193,7 @@ def cmd_features(args):
     from fastgen.train.evaluate import features, linear_probe, load_trained
     from fastgen.train.loop import load_split
 
-    model, payload, spec = load_trained(args.run)
+    model, payload, spec = load_trained(args.run, weights=args.weights)
     data_cfg = _data_for(payload, args.data)
     data_cfg["classes"] = None
     x, y = load_split(data_cfg, args.split)

@@ -8,14 +8,21 @@ from fastgen.train.loop import num_levels
 from fastgen.train.registry import ModelError, build_model, get_spec
 
 
-def load_trained(path, device="cpu"):
-    """(model in eval mode, checkpoint payload, ModelSpec) from OUT or OUT/checkpoint.pt."""
+def load_trained(path, device="cpu", weights="best"):
+    """(model in eval mode, checkpoint payload, ModelSpec) from OUT or OUT/checkpoint.pt.
+    weights: "best" (lowest validation loss; the last weights when the run has no validation
+    loss, e.g. a GAN) or "last"."""
+    if weights not in ("best", "last"):
+        raise ValueError(f"weights must be 'best' or 'last'; got {weights!r}")
     payload = load_checkpoint(path)
+    state = payload["model_state"]
+    if weights == "best" and isinstance(payload.get("best"), dict) and "model_state" in payload["best"]:
+        state = payload["best"]["model_state"]
     try:
         spec = get_spec(payload["model"]["name"])
         model, _ = build_model(spec, payload["model"]["input_shape"], num_levels(payload["data"]),
                                payload["model"]["kwargs"])
-        model.load_state_dict(payload["model_state"])
+        model.load_state_dict(state)
     except ModelError:
         raise
     except (RuntimeError, KeyError, TypeError) as exc:

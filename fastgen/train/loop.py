@@ -1,5 +1,9 @@
 """Training loops for every model family (see registry), 1 process or many under torchrun.
 
+Model selection: the checkpoint keeps the last weights (to resume) and, for likelihood models, the
+weights of the epoch with the lowest validation loss ("best"; small datasets such as digits
+overfit), which sample/score/features use by default.
+
 Determinism: epoch e reads the permutation (and, with dynamic binarisation, the binary draw) of a
 generator seeded by (seed, e); the model's own noise (VAE z, GAN z) comes from a generator whose
 state is checkpointed. So --resume continues exactly where the run stopped (same world size).
@@ -185,11 +189,13 @@ def _train(cfg, info):
     opts = _optimizers(model, spec.family, hp["lr"])
     noise = torch.Generator(device=info.device).manual_seed(hp["seed"] * 7919 + info.rank)
     epoch, step, skip, history = 0, 0, 0, []
+    best = None  # {"epoch", "val_loss", "model_state"}: the weights with the lowest validation loss
     if payload:
         for k, o in opts.items():
             o.load_state_dict(payload["optim_state"][k])
         epoch, step, skip = payload["state"]["epoch"], payload["state"]["step"], payload["state"]["batch_in_epoch"]
         history = list(payload["state"]["history"])
+        best = payload.get("best")
         if payload["state"].get("world") == info.world and "noise_state" in payload:
             noise.set_state(payload["noise_state"])
     if spec.family == "gan":
@@ -210,7 +216,7 @@ def _train(cfg, info):
             "optim_state": {k: o.state_dict() for k, o in opts.items()},
             "state": {"epoch": epoch, "step": step, "batch_in_epoch": batch_in_epoch, "history": history,
                       "world": info.world},
-            "noise_state": noise.get_state()})
+            "noise_state": noise.get_state(), **({"best": best} if best else {})})
 
     model.train()
     _log(info, f"training {spec.name} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
@@ -260,6 +266,9 @@ def _train(cfg, info):
         val = validation_loss(model, spec.family, x_val.to(info.device), seed=hp["seed"])
         if val is not None:
             row["val_loss"] = val
+            if best is None or val < best["val_loss"]:
+                best = {"epoch": epoch, "val_loss": val,
+                        "model_state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         history.append(row)
         _log(info, "epoch {epoch}: ".format(**row) + ", ".join(
             f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_", "val_"))))
@@ -270,5 +279,5 @@ def _train(cfg, info):
     if info.is_main:
         with open(os.path.join(os.path.dirname(ckpt), "history.json"), "w") as f:
             json.dump(history, f, indent=1)
-    return {"checkpoint": ckpt, "epoch": epoch, "step": step, "history": history, "model": model,
+    return {"checkpoint": ckpt, "epoch": epoch, "step": step, "history": history, "model": model, "best": best,
             "family": spec.family, "rank": info.rank, "world": info.world}

@@ -36,7 +36,10 @@ def run_cli(capsys):
 
     def run(*argv):
         capsys.readouterr()
-        code = main([str(a) for a in argv])
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse usage errors exit with 2
+            code = exc.code
         out, err = capsys.readouterr()
         return code, out, err
 

@@ -174,6 +174,7 @@ def test_corrupt_or_foreign_checkpoint(kind, vae_run, tmp_path, run_cli):
             payload["version"] = 99
         else:
             payload["model_state"] = {"encoder.1.weight": torch.zeros(2, 2)}
+            payload["best"] = {"epoch": 1, "val_loss": 1.0, "model_state": payload["model_state"]}
         torch.save({"format": "fastgen-checkpoint", **payload}, path)
     for command in (("score", path), ("sample", tmp_path, "-o", tmp_path / "s.png")):
         code, _, err = run_cli(*command)
@@ -233,3 +234,20 @@ def test_dynamic_binarisation_and_levels(tmp_path, run_cli, toy_path):
     assert code == 0 and json.loads(stdout)["nll_nats"] > 0
     _one_line_error(*run_cli("train", "toy_models:ToyAR", "--out", tmp_path / "g", "--binarize", "none")[::2],
                     "need discrete data")
+
+
+def test_best_and_last_weights(vae_run, run_cli):
+    payload = load_checkpoint(vae_run)
+    history = json.loads((vae_run / "history.json").read_text())
+    best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"]
+    assert payload["best"]["epoch"] == best_epoch
+    assert math.isclose(payload["best"]["val_loss"], min(h["val_loss"] for h in history))
+    from fastgen.train.evaluate import load_trained
+
+    best, _, _ = load_trained(vae_run)
+    last, _, _ = load_trained(vae_run, weights="last")
+    for k, v in best.state_dict().items():
+        assert torch.equal(v, payload["best"]["model_state"][k])
+        assert torch.equal(last.state_dict()[k], payload["model_state"][k])
+    code, _, err = run_cli("score", vae_run, "--weights", "middle")
+    assert code == 2 and "invalid choice" in err
