@@ -154,6 +154,8 @@ def _train(cfg, info):
     payload = None
     if cfg.resume:
         payload = load_checkpoint(ckpt)
+        if cfg.model and cfg.model != payload["model"]["name"]:
+            raise CheckpointError(f"{ckpt} holds a {payload['model']['name']!r} run, not {cfg.model!r}")
         spec = get_spec(payload["model"]["name"])
         data_cfg, hp = payload["data"], dict(payload["train"])
         if cfg.epochs is not None:

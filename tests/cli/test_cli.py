@@ -149,6 +149,7 @@ def test_score_on_data_of_another_shape(vae_run, tmp_path, run_cli):
 
 def test_existing_run_needs_resume(vae_run, run_cli):
     _one_line_error(*run_cli("train", "vae", "--out", vae_run, "--no-progress")[::2], "pass --resume")
+    _one_line_error(*run_cli("train", "dcgan", "--out", vae_run, "--resume")[::2], "holds a 'vae' run, not 'dcgan'")
 
 
 class NotAllowed:  # torch.load(weights_only=True) refuses to build arbitrary classes
