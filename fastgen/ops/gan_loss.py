@@ -1,9 +1,9 @@
 """fastgen.ops.discriminator_loss / generator_loss: the GAN losses on logits, fused.
 
 Implementations: "reference" (fastgen.reference.gan_loss), "cpp"/"cuda" (the compiled ops
-fastgen::discriminator_loss / fastgen::generator_loss behind the dispatcher) and "triton" (the
-sibling ops fastgen::discriminator_loss_triton / generator_loss_triton). They share one fake
-kernel and one autograd wiring.
+fastgen::discriminator_loss / fastgen::generator_loss behind the dispatcher, autograd in C++) and
+"triton" (the sibling ops fastgen::discriminator_loss_triton / generator_loss_triton, autograd
+here). They share one fake kernel and the same backward: scale the saved gradient.
 
 The fused forward reads each logits tensor once and returns the loss together with the gradient
 of the loss w.r.t. the logits (Liger's fused cross-entropy way); that gradient is saved, and the
@@ -89,15 +89,16 @@ def _setup_generator(ctx, inputs, output):
     _setup_context(ctx, inputs, output)
 
 
-_NAMES = ["fastgen::discriminator_loss_triton", "fastgen::generator_loss_triton"]
-if _ext.AVAILABLE:
-    _NAMES += ["fastgen::discriminator_loss", "fastgen::generator_loss"]
-for _name in _NAMES:
-    discriminator = "discriminator" in _name
-    torch.library.register_fake(_name)(_fake_discriminator if discriminator else _fake_generator)
-    torch.library.register_autograd(
-        _name, _backward_discriminator if discriminator else _backward_generator,
-        setup_context=_setup_discriminator if discriminator else _setup_generator)
+# The compiled ops' autograd lives in C++ (csrc/gan_loss/gan_loss.cpp, the same saved-gradient
+# scaling): a Python backward would cost more than the kernels at dispatch-bound sizes. The
+# Triton siblings are Python custom_ops, wired here.
+for _name, _fake, _backward, _setup in (
+        ("discriminator_loss", _fake_discriminator, _backward_discriminator, _setup_discriminator),
+        ("generator_loss", _fake_generator, _backward_generator, _setup_generator)):
+    torch.library.register_fake(f"fastgen::{_name}_triton")(_fake)
+    torch.library.register_autograd(f"fastgen::{_name}_triton", _backward, setup_context=_setup)
+    if _ext.AVAILABLE:
+        torch.library.register_fake(f"fastgen::{_name}")(_fake)
 
 
 # --- the public ops -------------------------------------------------------------------------
