@@ -30,9 +30,9 @@ class ModelSpec:
 
 
 MODELS = {s.name: s for s in [
-    ModelSpec("independent-bernoulli", "IndependentBernoulli", "ar", epochs=20, lr=1e-2),
-    ModelSpec("markov-chain", "MarkovChain", "ar", epochs=20, lr=1e-2),
-    ModelSpec("fvsbn", "FVSBN", "ar", epochs=40, lr=3e-3),
+    ModelSpec("independent-bernoulli", "IndependentBernoulli", "ar", epochs=30, lr=0.1),  # = the MLE
+    ModelSpec("markov-chain", "MarkovChain", "ar", epochs=30, lr=0.1),
+    ModelSpec("fvsbn", "FVSBN", "ar", epochs=60, lr=1e-2),
     ModelSpec("nade", "NADE", "ar", epochs=40),
     ModelSpec("made", "MADE", "ar", epochs=40),
     ModelSpec("pixelcnn", "PixelCNN", "ar", epochs=12),  # digits: best validation epoch ~8
