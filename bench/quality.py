@@ -152,7 +152,7 @@ def table(results):
              f"{'model':24s} {'NLL':>8s} {'bits/dim':>9s} {'-ELBO':>8s} {'params':>9s} {'epochs':>6s} {'best':>5s} {'train s':>8s}"]
     for r in results["nll"]:
         lines.append(f"{r['model']:24s} {r['nll_nats']:8.3f} {r['bits_per_dim']:9.4f} "
-                     f"{r.get('neg_elbo_nats', float('nan')):8.3f} {r['parameters']:9,d} {r['epochs']:6d} {str(r['best_epoch']):>5s} {r['train_seconds']:8.1f}")
+                     f"{(format(r['neg_elbo_nats'], '8.3f') if 'neg_elbo_nats' in r else '-'):>8s} {r['parameters']:9,d} {r['epochs']:6d} {str(r['best_epoch']):>5s} {r['train_seconds']:8.1f}")
     for r in results["gan"]:
         lines.append(f"{r['model']:24s} {'(no likelihood)':>27s} {r['parameters']:9,d} {r['epochs']:6d} {'-':>5s} {r['train_seconds']:8.1f}")
     if results["missing_models"]:

