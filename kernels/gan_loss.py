@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastgen.kernels._common import round_to
+
 SOFTPLUS, HINGE, LINEAR = 0, 1, 2
 # kind -> (family, (s, c) per term): the real term first for the discriminator.
 DISCRIMINATOR = {"bce": (SOFTPLUS, ((-1.0, 1.0), (1.0, 1.0))),
@@ -31,20 +33,6 @@ def _log1p_unit(e):
     """log1p(e) for e in (0, 1], without libdevice."""
     u = 1.0 + e
     return tl.log(u) - ((u - 1.0) - e) / u
-
-
-@triton.jit
-def _round(x, dtype):
-    """x (fp32/fp64) as dtype, rounded to nearest even. The interpreter's fp32 -> bf16 cast
-    truncates (whatever fp_downcast_rounding says), so bf16 is rounded here by hand: add
-    0x7FFF plus the lowest kept bit to the fp32 bits, keep the top 16 (NaN stays NaN, overflow
-    goes to inf). On a GPU this equals the native cast."""
-    if dtype == tl.bfloat16:
-        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        return x.to(dtype)
 
 
 @triton.jit
@@ -71,7 +59,7 @@ def _term_kernel(x_ptr, grad_ptr, partial_ptr, N, S: tl.constexpr, C: tl.constex
         loss = C * y
         grad = tl.zeros_like(y) + cs_inv_n
     if WRITE_GRAD:
-        tl.store(grad_ptr + offs, _round(grad, grad_ptr.dtype.element_ty), mask=ok)
+        tl.store(grad_ptr + offs, round_to(grad, grad_ptr.dtype.element_ty), mask=ok)
     tl.store(partial_ptr + pid, tl.sum(tl.where(ok, loss, 0.0), axis=0))
 
 
@@ -91,7 +79,7 @@ def _finalize_kernel(partial_ptr, count0, n0, count1, n1, loss_ptr,
     loss = _segment_mean(partial_ptr, count0, n0, BLOCK)
     if TWO_TERMS:
         loss += _segment_mean(partial_ptr + count0, count1, n1, BLOCK)
-    tl.store(loss_ptr, _round(loss, loss_ptr.dtype.element_ty))
+    tl.store(loss_ptr, round_to(loss, loss_ptr.dtype.element_ty))
 
 
 def _acc(dtype):
