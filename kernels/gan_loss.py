@@ -6,7 +6,7 @@ Each loss term is the mean over one tensor of l(x) = c * f(s * x), s, c in {+1, 
     FAMILY 2 (linear)    f(y) = y                            dl/dx = c s
 Stage 1: each program reduces BLOCK elements to one partial sum (fp32 accumulation, fp64 for
 fp64) and writes dl/dx / n. Stage 2: one program adds the partials of each tensor in order, in
-fp64, and divides by n (0/0 = NaN for an empty tensor, as torch.mean). No atomics: the result is
+fp64, and divides by n (NaN for an empty tensor, as torch.mean). No atomics: the result is
 deterministic. The interpreter has no libdevice log1p, so log1p(e) for e in (0, 1] is
 log(u) - ((u - 1) - e) / u with u = 1 + e (exact to rounding: the correction restores the part
 of e lost when forming u).

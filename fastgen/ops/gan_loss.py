@@ -1,9 +1,9 @@
 """fastgen.ops.discriminator_loss / generator_loss: the GAN losses on logits, fused.
 
 Implementations: "reference" (fastgen.reference.gan_loss), "cpp"/"cuda" (the compiled ops
-fastgen::discriminator_loss / fastgen::generator_loss behind the dispatcher) and "triton" (the
-sibling ops fastgen::discriminator_loss_triton / generator_loss_triton). They share one fake
-kernel and one autograd wiring.
+fastgen::discriminator_loss / fastgen::generator_loss behind the dispatcher, autograd in C++) and
+"triton" (the sibling ops fastgen::discriminator_loss_triton / generator_loss_triton, autograd
+here). They share one fake kernel and the same backward: scale the saved gradient.
 
 The fused forward reads each logits tensor once and returns the loss together with the gradient
 of the loss w.r.t. the logits (Liger's fused cross-entropy way); that gradient is saved, and the
@@ -56,15 +56,19 @@ def _fake_generator(fake_logits, kind, fake_grad):
 def _setup_context(ctx, inputs, output):
     grads = output[1:]
     ctx.mark_non_differentiable(*grads)
+    ctx.set_materialize_grads(False)  # the gradient outputs get no incoming gradient: no zeros
     ctx.save_for_backward(*grads)
 
 
 def _scaled(ctx, grad_loss, saved, index, name):
-    if not ctx.needs_input_grad[index]:
+    if not ctx.needs_input_grad[index] or grad_loss is None:
         return None
     if tuple(saved.shape) != ctx.saved_shapes[index]:
         raise RuntimeError(f"fastgen gan loss: {name} requires grad but the forward was called "
                            f"with its gradient flag False")
+    if torch.is_grad_enabled():  # the saved gradient is a constant: its derivative would be lost
+        raise RuntimeError("fastgen gan loss: double backward (create_graph=True) is not supported "
+                           "by the fused kernels; use fastgen.use_impl('reference') for it")
     return saved * grad_loss
 
 
@@ -89,15 +93,16 @@ def _setup_generator(ctx, inputs, output):
     _setup_context(ctx, inputs, output)
 
 
-_NAMES = ["fastgen::discriminator_loss_triton", "fastgen::generator_loss_triton"]
-if _ext.AVAILABLE:
-    _NAMES += ["fastgen::discriminator_loss", "fastgen::generator_loss"]
-for _name in _NAMES:
-    discriminator = "discriminator" in _name
-    torch.library.register_fake(_name)(_fake_discriminator if discriminator else _fake_generator)
-    torch.library.register_autograd(
-        _name, _backward_discriminator if discriminator else _backward_generator,
-        setup_context=_setup_discriminator if discriminator else _setup_generator)
+# The compiled ops' autograd lives in C++ (csrc/gan_loss/gan_loss.cpp, the same saved-gradient
+# scaling): a Python backward would cost more than the kernels at dispatch-bound sizes. The
+# Triton siblings are Python custom_ops, wired here.
+for _name, _fake, _backward, _setup in (
+        ("discriminator_loss", _fake_discriminator, _backward_discriminator, _setup_discriminator),
+        ("generator_loss", _fake_generator, _backward_generator, _setup_generator)):
+    torch.library.register_fake(f"fastgen::{_name}_triton")(_fake)
+    torch.library.register_autograd(f"fastgen::{_name}_triton", _backward, setup_context=_setup)
+    if _ext.AVAILABLE:
+        torch.library.register_fake(f"fastgen::{_name}")(_fake)
 
 
 # --- the public ops -------------------------------------------------------------------------

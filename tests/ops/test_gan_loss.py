@@ -18,7 +18,7 @@ D_KINDS = ("bce", "hinge")
 G_KINDS = ("minimax", "nonsaturating", "hinge")
 # (real shape, fake shape): odd sizes, different shapes, one side empty, several Triton programs
 # (BLOCK 2048) and several CPU chunks (16384) run in parallel (more than 65536 elements).
-SHAPES = [((4, 5), (3,)), ((3, 7, 5), (2, 17)), ((1,), (2, 1, 3)), ((0,), (5,)), ((6, 0), (0, 3)),
+SHAPES = [((4, 5), (3,)), ((), (1,)), ((3, 7, 5), (2, 17)), ((1,), (2, 1, 3)), ((0,), (5,)), ((6, 0), (0, 3)),
           ((2049,), (33, 65)), ((70001,), (16385,))]
 TOL = {torch.float32: dict(rtol=2e-6, atol=1e-6), torch.float64: dict(rtol=1e-13, atol=1e-15)}
 
@@ -192,8 +192,9 @@ def test_extreme_values_finite_and_exact(impl, device, dtype):
             if g is not None:
                 assert torch.isfinite(g).all()
                 torch.testing.assert_close(g.double(), t, rtol=rtol, atol=torch.finfo(dtype).tiny)  # subnormals
-    # the textbook formula where it is finite
-    sp = torch.log1p(torch.exp(x.double().clamp(max=700)))
+    # the textbook formula log(1 + e^x), where e^x is finite (beyond, softplus(x) = x in fp64)
+    x64 = x.double()
+    sp = torch.where(x64 > 700, x64, torch.log1p(torch.exp(x64.clamp(max=700))))
     torch.testing.assert_close(generator_loss(x.double(), "minimax"), -sp.mean(), rtol=1e-14, atol=0)
 
 
@@ -298,3 +299,30 @@ def test_gan_loss_module(impl, device, kind):
     crit(fake).backward()
     assert fake.grad is not None and real.grad is None
     assert kind in repr(crit)
+
+
+def test_double_backward_raises_clearly(impl, device):
+    if impl == "reference":
+        pytest.skip("the reference supports double backward")
+    fake = _logits((6,), torch.float64, device, seed=23, requires_grad=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(generator_loss(fake, "minimax"), fake, create_graph=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl_name", ["cuda", "triton"])
+def test_gpu_large_grid_stride_and_two_stage_reduction(impl_name):
+    """More elements than the CUDA grid covers in one stride (1024 blocks x 256 threads), and
+    many stage-1 partials for the single-block stage 2."""
+    real = _logits((3 * 1024 * 256 + 17,), torch.float32, "cuda", seed=24, requires_grad=True)
+    fake = _logits((1000, 999), torch.float32, "cuda", seed=25, requires_grad=True)
+    with fastgen.use_impl(impl_name):
+        loss = discriminator_loss(real, fake, "bce")
+        again = discriminator_loss(real, fake, "bce")
+    assert torch.equal(loss, again)  # deterministic: no atomics
+    grads = torch.autograd.grad(loss, (real, fake))
+    ref = reference.discriminator_loss(real.double(), fake.double(), "bce")
+    ref_grads = torch.autograd.grad(ref, (real, fake))
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=0)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-12)

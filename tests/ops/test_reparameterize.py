@@ -187,3 +187,25 @@ def test_gaussian_head_module(impl):
     torch.testing.assert_close(z, mu)
     with pytest.raises(ValueError, match="latent_dim"):
         GaussianHead(12, 0)
+
+
+def test_float32_exp_accurate_over_the_whole_range(impl, device):
+    """z = exp(logvar / 2) when mu = 0, eps = 1: the kernels' float exp against float64, from
+    underflow to overflow (the CPU kernel has its own inline vector exp)."""
+    half = torch.cat([torch.linspace(-110.0, 95.0, 200014, dtype=torch.float64),
+                      torch.tensor([0.0, -0.0, 88.7228, 88.72284, -87.3, -103.97, -103.98, 1.0])])
+    logvar = (2 * half).to(torch.float32).reshape(-1, 37)  # 2x is exact in binary
+    ones = torch.ones_like(logvar)
+    z, _ = reparameterize(torch.zeros_like(logvar).to(device), logvar.to(device), ones.to(device))
+    truth = torch.exp(logvar.double() / 2)
+    big = torch.finfo(torch.float32).max
+    finite = truth < big * (1 - 1e-6)
+    normal = finite & (truth > 1.2e-38)
+    rel = ((z.double().cpu() - truth).abs() / truth)[normal]
+    assert rel.max().item() < 2.5e-7, rel.max().item()  # about 2 ulp
+    assert torch.isinf(z[(truth > big * (1 + 1e-6)).to(z.device)]).all()
+    tiny = (truth < 1.2e-38).to(z.device)
+    assert ((z[tiny].double().cpu() - truth[tiny.cpu()]).abs() <= 3e-45).all()  # denormals: 2 ulp
+    nan = reparameterize(torch.zeros(1, 1, device=device), torch.full((1, 1), float("nan"), device=device),
+                         torch.ones(1, 1, device=device))[0]
+    assert torch.isnan(nan).all()

@@ -1,0 +1,274 @@
+// CPU kernels of row_lstm_scan: the whole recurrence in one call.
+//
+// Layout: every row keeps its state as (channels, B*W) matrices, so the state-to-state
+// convolution of a batch chunk is one GEMM per row,
+//   z_r (4h, B*W) = x_r + bias + Wcat (4h, 3h) @ hcat_{r-1} (3h, B*W),
+// where Wcat[j, k*h + c] = weight_ss[j, c, k] and hcat stacks the previous row's hidden state
+// shifted by -1, 0, +1 along W (zero at the borders). The gates and cells of all rows are saved
+// in that layout, (H, 4h, B, W) and (H, h, B, W); the backward runs the rows in reverse:
+//   dz_r from the cell math (row_lstm_scan.h), dWcat += dz_r @ hcat_{r-1}^T,
+//   dh_{r-1} += shift^T(Wcat^T @ dz_r).
+// Threads split the batch: one parallel region per call, each thread scanning its batch chunk
+// with single-threaded GEMMs and at::vec element math, so no barrier per row (robust on a
+// loaded machine). bfloat16 runs in float32.
+#include <torch/library.h>
+
+#include <algorithm>
+#include <mutex>
+
+#include "fastgen_cpu.h"
+#include "row_lstm_scan/row_lstm_scan.h"
+#include "row_lstm_scan/row_lstm_scan_check.h"
+
+namespace fastgen {
+namespace {
+
+using at::Tensor;
+
+// hcat (3h, nb, W) (backward) from a hidden row given as h[u][b][w] = src[u * su + b * sb + w], b < nb
+template <typename T>
+void build_hcat(T* hcat, const T* src, int64_t su, int64_t sb, int64_t h, int64_t nb, int64_t W) {
+  const int64_t nW = nb * W;
+  for (int64_t u = 0; u < h; ++u) {
+    T* left = hcat + u * nW;            // tap 0: h[w - 1]
+    T* mid = hcat + (h + u) * nW;       // tap 1: h[w]
+    T* right = hcat + (2 * h + u) * nW; // tap 2: h[w + 1]
+    for (int64_t b = 0; b < nb; ++b) {
+      const T* s = src + u * su + b * sb;
+      T* l = left + b * W;
+      T* m = mid + b * W;
+      T* r = right + b * W;
+      for (int64_t w = 0; w < W; ++w) m[w] = s[w];
+      l[0] = T(0);
+      for (int64_t w = 1; w < W; ++w) l[w] = s[w - 1];
+      for (int64_t w = 0; w + 1 < W; ++w) r[w] = s[w + 1];
+      r[W - 1] = T(0);
+    }
+  }
+}
+
+// Rows of a (b, channel) plane are W apart: the row loops touch thousands of short segments
+// with a large stride, which the hardware prefetcher does not follow; ask for the coming
+// rows' segments explicitly (a prefetch never faults, so the plane's end needs no check).
+template <typename T>
+inline void prefetch_segment(const T* p, int64_t W, int write) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t w = 0; w < W; w += kLine) {
+    if (write) __builtin_prefetch(p + w, 1); else __builtin_prefetch(p + w, 0);
+  }
+  if (write) __builtin_prefetch(p + W - 1, 1); else __builtin_prefetch(p + W - 1, 0);
+}
+
+// Element math over n contiguous pre-activations (bias added here), in place: gates activated.
+template <typename T>
+inline void cell_forward_span(T* zi, T* zf, T* zg, T* zo, const T* bias4, const T* cp, T* cr, T* hr,
+                              int64_t n_total) {
+  using Vec = at::vec::Vectorized<T>;
+  const Vec bi(bias4[0]), bf(bias4[1]), bg(bias4[2]), bo(bias4[3]);
+  int64_t n = 0;
+  for (; n + Vec::size() <= n_total; n += Vec::size()) {
+    Vec i, f, g, o, c, hv;
+    lstm_cell_forward(Vec::loadu(zi + n) + bi, Vec::loadu(zf + n) + bf, Vec::loadu(zg + n) + bg,
+                      Vec::loadu(zo + n) + bo, cp ? Vec::loadu(cp + n) : Vec(T(0)), i, f, g, o, c, hv);
+    i.store(zi + n); f.store(zf + n); g.store(zg + n); o.store(zo + n);
+    c.store(cr + n);
+    hv.store(hr + n);
+  }
+  for (; n < n_total; ++n)
+    lstm_cell_forward<T>(zi[n] + bias4[0], zf[n] + bias4[1], zg[n] + bias4[2], zo[n] + bias4[3],
+                         cp ? cp[n] : T(0), zi[n], zf[n], zg[n], zo[n], cr[n], hr[n]);
+}
+
+// The forward scan of batch elements [b0, b1) on one thread. Gates and cells live in the
+// (H, channels, B, W) workspaces; this thread owns the columns [b0 * W, b1 * W) of each row.
+// First x is copied into the gates workspace in that layout (a sequential read of x; reading
+// it row by row instead would touch thousands of short segments a large stride apart), then
+// per row the GEMM adds the state-to-state term in place and the element math activates it.
+template <typename T>
+void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* cell, T* gates,
+                  int64_t B, int64_t h, int64_t H, int64_t W, int64_t b0, int64_t b1) {
+  const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W;
+  for (int64_t b = b0; b < b1; ++b)
+    for (int64_t j = 0; j < G; ++j)
+      for (int64_t r = 0; r < H; ++r) {
+        const T* s = x + ((b * G + j) * H + r) * W;
+        std::copy(s, s + W, gates + (r * G + j) * BW + b * W);
+      }
+  Tensor hcat_t = at::empty({3 * h, nW}, wcat.options());
+  T* hcat = hcat_t.data_ptr<T>();
+  for (int64_t r = 0; r < H; ++r) {
+    T* gt = gates + r * G * BW + b0 * W;
+    if (r > 0) at::from_blob(gt, {G, nW}, {BW, 1}, wcat.options()).addmm_(wcat, hcat_t);
+    for (int64_t u = 0; u < h; ++u) {
+      T* hm = hcat + (h + u) * nW;  // tap 1 of the next row's hcat: this row's hidden state
+      const T bias4[4] = {bias ? bias[u] : T(0), bias ? bias[h + u] : T(0), bias ? bias[2 * h + u] : T(0),
+                          bias ? bias[3 * h + u] : T(0)};
+      cell_forward_span(gt + u * BW, gt + (h + u) * BW, gt + (2 * h + u) * BW, gt + (3 * h + u) * BW, bias4,
+                        r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr,
+                        cell + (r * h + u) * BW + b0 * W, hm, nW);
+      for (int64_t b = 0; b < nb; ++b) {
+        const T* s = hm + b * W;
+        T* dst = hidden + (((b0 + b) * h + u) * H + r) * W;
+        std::copy(s, s + W, dst);
+        if (r + 1 < H) {  // taps 0 and 2: this row's hidden shifted right and left
+          T* l = hcat + u * nW + b * W;
+          T* rt = hcat + (2 * h + u) * nW + b * W;
+          l[0] = T(0);
+          for (int64_t w = 1; w < W; ++w) l[w] = s[w - 1];
+          for (int64_t w = 0; w + 1 < W; ++w) rt[w] = s[w + 1];
+          rt[W - 1] = T(0);
+        }
+      }
+    }
+  }
+}
+
+// The reverse scan of batch elements [b0, b1) on one thread; adds its weight and bias gradient
+// into gwcat (G, 3h) and gbias (G,) (thread-local buffers, summed by the caller).
+template <typename T>
+void backward_scan(const T* gh, const Tensor& wcat, const T* hidden, const T* cell, const T* gates,
+                   T* gx, Tensor& gwcat, T* gbias, int64_t B, int64_t h, int64_t H, int64_t W,
+                   int64_t b0, int64_t b1) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W;
+  auto opts = gwcat.options();
+  Tensor dz_t = at::empty({G, nW}, opts), hcat_t = at::empty({3 * h, nW}, opts);
+  Tensor dhcat_t = at::empty({3 * h, nW}, opts);
+  Tensor dh_rec_t = at::zeros({h, nW}, opts), dc_t = at::zeros({h, nW}, opts);
+  Tensor wcat_t = wcat.t();
+  T *dz = dz_t.data_ptr<T>(), *dhcat = dhcat_t.data_ptr<T>();
+  T *dh_rec = dh_rec_t.data_ptr<T>(), *dcn = dc_t.data_ptr<T>();
+  for (int64_t r = H - 1; r >= 0; --r) {
+    const T* gt = gates + r * G * BW + b0 * W;
+    for (int64_t u = 0; u < h; ++u) {
+      T* dhr = dh_rec + u * nW;  // gather this row's output gradient into the recurrent one
+      for (int64_t b = 0; b < nb; ++b) {
+        const T* s = gh + (((b0 + b) * h + u) * H + r) * W;
+        T* d = dhr + b * W;
+        prefetch_segment(s - 2 * W, W, 0);
+        for (int64_t w = 0; w < W; ++w) d[w] += s[w];
+      }
+      const T *pi = gt + u * BW, *pf = gt + (h + u) * BW, *pg = gt + (2 * h + u) * BW, *po = gt + (3 * h + u) * BW;
+      const T* cr = cell + (r * h + u) * BW + b0 * W;
+      const T* cp = r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr;
+      T* dc = dcn + u * nW;
+      T *di = dz + u * nW, *df = dz + (h + u) * nW, *dg = dz + (2 * h + u) * nW, *dout = dz + (3 * h + u) * nW;
+      int64_t n = 0;
+      for (; n + Vec::size() <= nW; n += Vec::size()) {
+        Vec a, b_, c_, d_, e;
+        lstm_cell_backward(Vec::loadu(dhr + n), Vec::loadu(dc + n), Vec::loadu(pi + n), Vec::loadu(pf + n),
+                           Vec::loadu(pg + n), Vec::loadu(po + n), Vec::loadu(cr + n),
+                           cp ? Vec::loadu(cp + n) : Vec(T(0)), a, b_, c_, d_, e);
+        a.store(di + n); b_.store(df + n); c_.store(dg + n); d_.store(dout + n); e.store(dc + n);
+      }
+      for (; n < nW; ++n) {
+        lstm_cell_backward<T>(dhr[n], dc[n], pi[n], pf[n], pg[n], po[n], cr[n], cp ? cp[n] : T(0), di[n],
+                              df[n], dg[n], dout[n], dc[n]);
+      }
+    }
+    for (int64_t j = 0; j < G; ++j) {  // grad of input_gates row r, and of the bias
+      const T* zs = dz + j * nW;
+      T acc = T(0);
+      for (int64_t b = 0; b < nb; ++b) {
+        T* xs = gx + (((b0 + b) * G + j) * H + r) * W;
+        const T* zb = zs + b * W;
+        prefetch_segment(xs - W, W, 1);
+        for (int64_t w = 0; w < W; ++w) {
+          xs[w] = zb[w];
+          acc += zb[w];
+        }
+      }
+      if (gbias) gbias[j] += acc;
+    }
+    if (r == 0) break;
+    build_hcat(hcat_t.data_ptr<T>(), hidden + (b0 * h * H + r - 1) * W, H * W, h * H * W, h, nb, W);
+    gwcat.addmm_(dz_t, hcat_t.t());
+    at::mm_out(dhcat_t, wcat_t, dz_t);
+    for (int64_t u = 0; u < h; ++u) {  // dh_{r-1} = shift^T(Wcat^T dz_r)
+      T* d = dh_rec + u * nW;
+      const T *l = dhcat + u * nW, *m = dhcat + (h + u) * nW, *rt = dhcat + (2 * h + u) * nW;
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t o = b * W;
+        for (int64_t w = 0; w < W; ++w) {
+          T v = m[o + w];
+          if (w + 1 < W) v += l[o + w + 1];
+          if (w >= 1) v += rt[o + w - 1];
+          d[o + w] = v;
+        }
+      }
+    }
+  }
+}
+
+// Batch chunks per thread: one parallel region per call (no per-row barriers), each chunk's
+// GEMMs single-threaded inside it.
+inline int64_t batch_grain(int64_t B) {
+  const int64_t t = std::max<int64_t>(1, at::get_num_threads());
+  return std::max<int64_t>(1, (B + t - 1) / t);
+}
+
+std::tuple<Tensor, Tensor, Tensor> row_lstm_scan_cpu(const Tensor& x_in, const Tensor& w_in,
+                                                     const std::optional<Tensor>& bias_in) {
+  const int64_t h = check_row_lstm_scan(x_in, w_in, bias_in);
+  const int64_t B = x_in.size(0), H = x_in.size(2), W = x_in.size(3), G = 4 * h;
+  const auto acc = row_lstm_acc_type(x_in.scalar_type());
+  const bool has_bias = bias_in.has_value() && bias_in->defined();
+  auto x = x_in.to(acc).contiguous();
+  auto opts = x.options();
+  auto hidden = at::empty({B, h, H, W}, opts);
+  auto cell = at::empty({H, h, B, W}, opts), gates = at::empty({H, G, B, W}, opts);
+  if (hidden.numel() == 0) return {hidden.zero_().to(x_in.scalar_type()), cell, gates};
+  auto wcat = w_in.to(acc).permute({0, 2, 1}).reshape({G, 3 * h}).contiguous();
+  auto bias = has_bias ? bias_in->to(acc).contiguous() : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(acc, "row_lstm_scan_cpu", [&] {
+    at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+      forward_scan<scalar_t>(x.const_data_ptr<scalar_t>(), has_bias ? bias.const_data_ptr<scalar_t>() : nullptr,
+                             wcat, hidden.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(),
+                             gates.data_ptr<scalar_t>(), B, h, H, W, b0, b1);
+    });
+  });
+  return {hidden.to(x_in.scalar_type()), cell, gates};
+}
+
+std::tuple<Tensor, Tensor, Tensor> row_lstm_scan_backward_cpu(const Tensor& grad_hidden, const Tensor& w_in,
+                                                              const Tensor& hidden_in, const Tensor& cell_in,
+                                                              const Tensor& gates_in, bool bias_requires_grad) {
+  check_row_lstm_scan_backward(grad_hidden, w_in, hidden_in, cell_in, gates_in);
+  const int64_t B = hidden_in.size(0), h = hidden_in.size(1), H = hidden_in.size(2), W = hidden_in.size(3);
+  const int64_t G = 4 * h;
+  const auto dt = hidden_in.scalar_type();
+  const auto acc = row_lstm_acc_type(dt);
+  auto opts = cell_in.options();
+  auto gx = at::empty({B, G, H, W}, opts);
+  auto gwcat = at::zeros({G, 3 * h}, opts);
+  auto gb = bias_requires_grad ? at::zeros({G}, opts) : at::empty({0}, opts);
+  if (hidden_in.numel() > 0) {
+    auto gh = grad_hidden.to(acc).contiguous(), hidden = hidden_in.to(acc).contiguous();
+    auto cell = cell_in.contiguous(), gates = gates_in.contiguous();
+    auto wcat = w_in.to(acc).permute({0, 2, 1}).reshape({G, 3 * h}).contiguous();
+    std::mutex mu;
+    AT_DISPATCH_FLOATING_TYPES(acc, "row_lstm_scan_backward_cpu", [&] {
+      at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+        auto gw_local = at::zeros({G, 3 * h}, opts);
+        auto gb_local = at::zeros({bias_requires_grad ? G : 0}, opts);
+        backward_scan<scalar_t>(gh.const_data_ptr<scalar_t>(), wcat, hidden.const_data_ptr<scalar_t>(),
+                                cell.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
+                                gx.data_ptr<scalar_t>(), gw_local,
+                                bias_requires_grad ? gb_local.data_ptr<scalar_t>() : nullptr, B, h, H, W, b0, b1);
+        std::lock_guard<std::mutex> lock(mu);
+        gwcat.add_(gw_local);
+        if (bias_requires_grad) gb.add_(gb_local);
+      });
+    });
+  }
+  auto gw = gwcat.view({G, 3, h}).permute({0, 2, 1}).contiguous();
+  return {gx.to(dt), gw.to(dt), gb.to(dt)};
+}
+
+}  // namespace
+}  // namespace fastgen
+
+TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
+  m.impl("row_lstm_scan", &fastgen::row_lstm_scan_cpu);
+  m.impl("row_lstm_scan_backward", &fastgen::row_lstm_scan_backward_cpu);
+}
