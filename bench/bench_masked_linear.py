@@ -101,4 +101,5 @@ def run(quick=False):
 
 
 if __name__ == "__main__":
-    report("masked_linear", run(quick="--quick" in sys.argv))
+    quick = "--quick" in sys.argv
+    report("masked_linear.quick" if quick else "masked_linear", run(quick=quick))
