@@ -49,4 +49,5 @@ def run(quick=False):
 
 
 if __name__ == "__main__":
-    report("ar_sampling", run(quick="--quick" in sys.argv))
+    quick = "--quick" in sys.argv
+    report("ar_sampling.quick" if quick else "ar_sampling", run(quick=quick))

@@ -11,6 +11,7 @@ level by inverse CDF; every sampler reads the same uniforms, so a fast sampler a
 (a full forward pass per dimension) give the same samples for the same generator.
 """
 import abc
+import contextlib
 import math
 
 import torch
@@ -127,3 +128,16 @@ class AutoregressiveModel(nn.Module, abc.ABC):
             draw = inverse_cdf(logits_d, u[:, step])
             flat_x[:, d] = torch.where(flat_known[:, d], flat_x[:, d], draw)
         return x
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """Run the enclosed ops on one intra-op thread (restored after). For incremental samplers,
+    whose per-step ops are a few thousand FLOPs: starting a parallel region (or MKL's threads)
+    for each costs more than it saves, badly so when the cores are busy."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -8,7 +8,7 @@ adds one input column per sampled pixel: O(D^2 K) per sample instead of O(D^3 K)
 """
 import torch
 
-from fastgen.models.base import AutoregressiveModel, inverse_cdf
+from fastgen.models.base import AutoregressiveModel, inverse_cdf, single_threaded
 from fastgen.nn.masked_linear import MaskedLinear
 from fastgen.reference.masked_linear import masked_weight
 
@@ -50,6 +50,10 @@ class FVSBN(AutoregressiveModel):
         return out.view(n, self.num_dims, k).transpose(1, 2).reshape(n, k, *self.input_shape)
 
     def _sample_fast(self, x, known, u):
+        with single_threaded():       # tiny per-step ops: threads only add overhead
+            return self._sample_incremental(x, known, u)
+
+    def _sample_incremental(self, x, known, u):
         n, k = x.shape[0], self.num_levels
         flat_x, flat_known = x.view(n, -1), known.view(n, -1)
         w = masked_weight(self.linear.weight, self.linear.mask)   # (D*K, D)

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from fastgen.models.base import AutoregressiveModel, inverse_cdf
+from fastgen.models.base import AutoregressiveModel, inverse_cdf, single_threaded
 from fastgen.models.fvsbn import _ordering_tensor
 from fastgen.nn.masked_linear import MaskedLinear
 from fastgen.ops.masked_linear import mask_layout
@@ -123,6 +123,10 @@ class MADE(AutoregressiveModel):
 
     # --- fast sampling ----------------------------------------------------------------------
     def _sample_fast(self, x, known, u):
+        with single_threaded():       # tiny per-step ops: threads only add overhead
+            return self._sample_incremental(x, known, u)
+
+    def _sample_incremental(self, x, known, u):
         n, k, d_total = x.shape[0], self.num_levels, self.num_dims
         flat_x, flat_known = x.view(n, -1), known.view(n, -1)
         layers = list(self.hidden)

@@ -10,7 +10,7 @@ and adds one column of W per sampled pixel: O(D H) per example, not O(D^2 H).
 import torch
 from torch import nn
 
-from fastgen.models.base import AutoregressiveModel, inverse_cdf
+from fastgen.models.base import AutoregressiveModel, inverse_cdf, single_threaded
 from fastgen.models.fvsbn import _ordering_tensor
 
 
@@ -52,6 +52,10 @@ class NADE(AutoregressiveModel):
         return out.transpose(1, 2).reshape(n, k, *self.input_shape)
 
     def _sample_fast(self, x, known, u):
+        with single_threaded():       # tiny per-step ops: threads only add overhead
+            return self._sample_incremental(x, known, u)
+
+    def _sample_incremental(self, x, known, u):
         n, k = x.shape[0], self.num_levels
         flat_x, flat_known = x.view(n, -1), known.view(n, -1)
         # float64 running sum: torch.cumsum accumulates float32 in double, so this reproduces
