@@ -83,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_cpu(const at::Tensor& mu_in, c
   check_reparameterize_inputs(mu_in, logvar_in, eps_in);
   auto mu = mu_in.contiguous(), logvar = logvar_in.contiguous(), eps = eps_in.contiguous();
   const int64_t cols = mu.size(-1);
-  auto z = at::empty_like(mu);
+  auto z = at::empty(mu.sizes(), mu.options());
   auto kl = at::empty(mu.sizes().slice(0, mu.dim() - 1), mu.options());
   if (cols == 0) {
     kl.zero_();
@@ -105,8 +105,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_backward_cpu(
   auto gz = grad_z_in.contiguous(), gk = grad_kl_in.contiguous();
   auto mu = mu_in.contiguous(), logvar = logvar_in.contiguous(), eps = eps_in.contiguous();
   const int64_t cols = mu.size(-1);
-  auto dmu = at::empty_like(mu), dlv = at::empty_like(mu);
-  auto deps = eps_requires_grad ? at::empty_like(mu) : at::empty({0}, mu.options());
+  auto dmu = at::empty(mu.sizes(), mu.options()), dlv = at::empty(mu.sizes(), mu.options());
+  auto deps = eps_requires_grad ? at::empty(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
   if (mu.numel() == 0) return {dmu, dlv, deps};
   const int64_t rows = mu.numel() / cols;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, mu.scalar_type(), "reparameterize_backward_cpu", [&] {

@@ -91,5 +91,5 @@ def reparameterize(mu, logvar, eps=None, *, generator=None):
     if impl == "reference":
         return _reference.reparameterize(mu, logvar, eps)
     if impl == "triton":
-        return torch.ops.fastgen.reparameterize_triton(mu, logvar, eps)
-    return torch.ops.fastgen.reparameterize(mu, logvar, eps)
+        return torch.ops.fastgen.reparameterize_triton.default(mu, logvar, eps)
+    return torch.ops.fastgen.reparameterize.default(mu, logvar, eps)
