@@ -62,6 +62,28 @@ def _nvidia_wheel_dirs():
     return incs, libs
 
 
+def _cudart_dirs(cuda_home, wheel_libs):
+    """Library folders for `-lcudart`: one holding an unversioned libcudart.so (the toolkit's),
+    else a folder under build/ with a link to the pip wheel's libcudart.so.<major>."""
+    candidates = [os.path.join(cuda_home, d) for d in ("lib64", "lib", "targets/x86_64-linux/lib")]
+    candidates += ["/usr/local/cuda/lib64", "/usr/local/cuda/lib"] + wheel_libs
+    for d in candidates:
+        if os.path.exists(os.path.join(d, "libcudart.so")):
+            return wheel_libs + [d]
+    for d in wheel_libs:
+        found = sorted(glob.glob(os.path.join(d, "libcudart.so.*")))
+        if found:
+            link_dir = os.path.join(ROOT, "build", "cudart_link")
+            os.makedirs(link_dir, exist_ok=True)
+            link = os.path.join(link_dir, "libcudart.so")
+            if os.path.lexists(link):
+                os.remove(link)
+            os.symlink(found[0], link)
+            return wheel_libs + [link_dir]
+    raise RuntimeError("building the CUDA kernels needs libcudart: none found under "
+                       f"{candidates}; set FASTGEN_BUILD_CUDA=0 to build the CPU kernels only")
+
+
 def _extensions():
     from torch.utils import cpp_extension
 
@@ -76,7 +98,7 @@ def _extensions():
         extra["cxx"] = cxx + ["-DFASTGEN_WITH_CUDA"]
         extra["nvcc"] = ["-O3", "-std=c++20", "-DFASTGEN_WITH_CUDA"]
         kwargs["include_dirs"] += incs
-        kwargs["library_dirs"] = libs + [os.path.join(cpp_extension.CUDA_HOME, "lib64")]
+        kwargs["library_dirs"] = _cudart_dirs(cpp_extension.CUDA_HOME, libs)
         return [cpp_extension.CUDAExtension(
             "fastgen._C", cpu_sources + cuda_sources, extra_compile_args=extra, **kwargs)]
     return [cpp_extension.CppExtension(

@@ -1,6 +1,8 @@
 """Loads the compiled extension fastgen._C once; without it every op falls back to its reference."""
 import warnings
 
+import torch  # noqa: F401  (loads libc10/libtorch, which fastgen._C links against)
+
 try:
     from fastgen import _C  # noqa: F401  (loading it registers the fastgen:: ops)
 

@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastgen.kernels._common import round_to
+
 
 @triton.jit
 def _forward_kernel(mu_ptr, lv_ptr, eps_ptr, z_ptr, kl_ptr, R, D,
@@ -23,10 +25,10 @@ def _forward_kernel(mu_ptr, lv_ptr, eps_ptr, z_ptr, kl_ptr, R, D,
         lv = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(ACC)
         eps = tl.load(eps_ptr + offs, mask=ok, other=0.0).to(ACC)
         s = tl.exp(lv * 0.5)
-        tl.store(z_ptr + offs, (mu + s * eps).to(z_ptr.dtype.element_ty), mask=ok)
+        tl.store(z_ptr + offs, round_to(mu + s * eps, z_ptr.dtype.element_ty), mask=ok)
         term = mu * mu + s * s - 1.0 - lv
         acc += tl.sum(tl.where(ok, term, 0.0), axis=1)
-    tl.store(kl_ptr + rows, (acc * 0.5).to(kl_ptr.dtype.element_ty), mask=row_ok)
+    tl.store(kl_ptr + rows, round_to(acc * 0.5, kl_ptr.dtype.element_ty), mask=row_ok)
 
 
 @triton.jit
@@ -40,11 +42,11 @@ def _backward_kernel(gz_ptr, gk_ptr, mu_ptr, lv_ptr, eps_ptr, dmu_ptr, dlv_ptr, 
     lv = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(ACC)
     eps = tl.load(eps_ptr + offs, mask=ok, other=0.0).to(ACC)
     s = tl.exp(lv * 0.5)
-    tl.store(dmu_ptr + offs, (gz + gk * mu).to(dmu_ptr.dtype.element_ty), mask=ok)
+    tl.store(dmu_ptr + offs, round_to(gz + gk * mu, dmu_ptr.dtype.element_ty), mask=ok)
     dlv = 0.5 * (gz * eps * s + gk * (s * s - 1.0))
-    tl.store(dlv_ptr + offs, dlv.to(dlv_ptr.dtype.element_ty), mask=ok)
+    tl.store(dlv_ptr + offs, round_to(dlv, dlv_ptr.dtype.element_ty), mask=ok)
     if EPS_GRAD:
-        tl.store(deps_ptr + offs, (gz * s).to(deps_ptr.dtype.element_ty), mask=ok)
+        tl.store(deps_ptr + offs, round_to(gz * s, deps_ptr.dtype.element_ty), mask=ok)
 
 
 def _acc(dtype):

@@ -67,3 +67,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# Shapes shared by the op tests: a tiny one, odd ones, a 3-D one and empty ones.
+SHAPES = [(1, 1), (7, 33), (3, 5, 17), (0, 8), (4, 0)]
+FLOAT_DTYPES = [torch.float32, torch.float64]

@@ -66,3 +66,49 @@ def test_env_var_is_validated():
     out = subprocess.run([sys.executable, "-c", "import fastgen"], capture_output=True, text=True,
                          env={**os.environ, "FASTGEN_IMPL": "bogus"})
     assert out.returncode != 0 and "FASTGEN_IMPL must be one of" in out.stderr
+
+
+def test_missing_extension_falls_back_with_one_warning():
+    """Without fastgen._C, import works, one warning says why, and every op runs its reference."""
+    import subprocess
+    import sys
+
+    code = r'''
+import importlib.abc, sys, warnings
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "fastgen._C":
+            raise ImportError("blocked for the test")
+sys.meta_path.insert(0, Block())
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import fastgen
+    import fastgen.ops
+import torch
+mine = [w for w in caught if "fastgen" in str(w.message)]
+assert len(mine) == 1 and "falls back" in str(mine[0].message), [str(w.message) for w in mine]
+mu = torch.randn(3, 4)
+z, kl = fastgen.ops.reparameterize(mu, mu, mu)
+assert fastgen._impl.select("x", mu.device) == "reference"
+try:
+    with fastgen.use_impl("cpp"):
+        fastgen.ops.reparameterize(mu, mu, mu)
+except fastgen.ImplUnavailableError as e:
+    print("refused:", e)
+'''
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "refused:" in out.stdout and "not built" in out.stdout
+
+
+def test_import_fastgen_first_loads_the_extension():
+    """`import fastgen` before torch must still load fastgen._C (it links against torch's libs)."""
+    import subprocess
+    import sys
+
+    if os.environ.get("FASTGEN_ALLOW_NO_EXT") == "1":
+        pytest.skip("FASTGEN_ALLOW_NO_EXT=1")
+    out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c",
+                          "import fastgen; assert fastgen.build_info()['cpp'], fastgen.build_info()"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

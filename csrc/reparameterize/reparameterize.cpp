@@ -1,9 +1,73 @@
-// Schemas of the reparameterize op (kernels: reparameterize_cpu.cpp, reparameterize_cuda.cu).
+// Schemas of the reparameterize op (kernels: reparameterize_cpu.cpp, reparameterize_cuda.cu)
+// and its autograd, in C++: at a dispatch-bound size (128x32) a Python backward costs more than
+// the kernels, so the backward node calls reparameterize_backward without entering Python.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
+
+namespace fastgen {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::tuple<at::Tensor, at::Tensor> call_forward(const at::Tensor& mu, const at::Tensor& logvar,
+                                                const at::Tensor& eps) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastgen::reparameterize", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                 const at::Tensor&)>();
+  return op.call(mu, logvar, eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_backward(const at::Tensor& gz, const at::Tensor& gk,
+                                                             const at::Tensor& mu, const at::Tensor& logvar,
+                                                             const at::Tensor& eps, bool eps_grad) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastgen::reparameterize_backward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, bool)>();
+  return op.call(gz, gk, mu, logvar, eps, eps_grad);
+}
+
+class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
+                               const at::Tensor& eps) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [z, kl] = call_forward(mu, logvar, eps);
+    ctx->save_for_backward({mu, logvar, eps});
+    return {z, kl};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto& mu = saved[0];
+    at::Tensor gz = grads[0].defined() ? grads[0] : at::zeros_like(mu);
+    at::Tensor gk = grads[1].defined() ? grads[1] : at::zeros(mu.sizes().slice(0, mu.dim() - 1), mu.options());
+    const bool eps_grad = ctx->needs_input_grad(2);
+    auto [dmu, dlogvar, deps] = call_backward(gz, gk, mu, saved[1], saved[2], eps_grad);
+    return {dmu, dlogvar, eps_grad ? deps : at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> reparameterize_autograd(const at::Tensor& mu, const at::Tensor& logvar,
+                                                           const at::Tensor& eps) {
+  auto out = ReparameterizeFunction::apply(mu, logvar, eps);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+}  // namespace fastgen
 
 TORCH_LIBRARY_FRAGMENT(fastgen, m) {
   m.def("reparameterize(Tensor mu, Tensor logvar, Tensor eps) -> (Tensor z, Tensor kl)");
   m.def(
       "reparameterize_backward(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, "
       "Tensor eps, bool eps_requires_grad) -> (Tensor grad_mu, Tensor grad_logvar, Tensor grad_eps)");
+}
+
+TORCH_LIBRARY_IMPL(fastgen, Autograd, m) {
+  m.impl("reparameterize", &fastgen::reparameterize_autograd);
 }

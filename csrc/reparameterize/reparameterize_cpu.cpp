@@ -3,19 +3,12 @@
 // runs on at::vec vectors of the accumulation type, the tail on scalars.
 #include <torch/library.h>
 
-#include "fastgen_check.h"
 #include "fastgen_cpu.h"
 #include "reparameterize/reparameterize.h"
+#include "reparameterize/reparameterize_check.h"
 
 namespace fastgen {
 namespace {
-
-void check_inputs(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& eps) {
-  check_floating(mu, "reparameterize", "mu");
-  TORCH_CHECK(mu.dim() >= 1, "fastgen::reparameterize: mu must have at least one dimension");
-  check_like(mu, "mu", logvar, "reparameterize", "logvar");
-  check_like(mu, "mu", eps, "reparameterize", "eps");
-}
 
 template <typename scalar_t>
 void forward_kernel(const scalar_t* mu, const scalar_t* lv, const scalar_t* eps, scalar_t* z,
@@ -87,7 +80,7 @@ void backward_kernel(const scalar_t* gz, const scalar_t* gk, const scalar_t* mu,
 
 std::tuple<at::Tensor, at::Tensor> reparameterize_cpu(const at::Tensor& mu_in, const at::Tensor& logvar_in,
                                                       const at::Tensor& eps_in) {
-  check_inputs(mu_in, logvar_in, eps_in);
+  check_reparameterize_inputs(mu_in, logvar_in, eps_in);
   auto mu = mu_in.contiguous(), logvar = logvar_in.contiguous(), eps = eps_in.contiguous();
   const int64_t cols = mu.size(-1);
   auto z = at::empty_like(mu);
@@ -108,12 +101,7 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_cpu(const at::Tensor& mu_in, c
 std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_backward_cpu(
     const at::Tensor& grad_z_in, const at::Tensor& grad_kl_in, const at::Tensor& mu_in,
     const at::Tensor& logvar_in, const at::Tensor& eps_in, bool eps_requires_grad) {
-  check_inputs(mu_in, logvar_in, eps_in);
-  check_like(mu_in, "mu", grad_z_in, "reparameterize_backward", "grad_z");
-  check_like(mu_in, "mu", grad_kl_in, "reparameterize_backward", "grad_kl", false);
-  TORCH_CHECK(grad_kl_in.sizes() == mu_in.sizes().slice(0, mu_in.dim() - 1),
-              "fastgen::reparameterize_backward: grad_kl has shape ", grad_kl_in.sizes(),
-              " but kl has shape ", mu_in.sizes().slice(0, mu_in.dim() - 1));
+  check_reparameterize_backward_inputs(grad_z_in, grad_kl_in, mu_in, logvar_in, eps_in);
   auto gz = grad_z_in.contiguous(), gk = grad_kl_in.contiguous();
   auto mu = mu_in.contiguous(), logvar = logvar_in.contiguous(), eps = eps_in.contiguous();
   const int64_t cols = mu.size(-1);

@@ -2,12 +2,15 @@
 
 Implementations: "reference" (fastgen.reference.reparameterize), "cpp"/"cuda" (the compiled op
 fastgen::reparameterize behind the dispatcher) and "triton" (the sibling op
-fastgen::reparameterize_triton). They share one fake kernel and one autograd wiring.
+fastgen::reparameterize_triton). They share one fake kernel and the same backward math. The
+compiled op's autograd lives in C++ (csrc/reparameterize/reparameterize.cpp): a Python backward
+would cost more than the kernels at dispatch-bound sizes. The Triton sibling is a Python
+custom_op, wired with register_autograd.
 """
 import torch
 
 from fastgen import _ext, _impl
-from fastgen.ops._common import check_float, check_like, register_autograd_pair
+from fastgen.ops._common import check_float, check_like
 from fastgen.reference import reparameterize as _reference
 
 OP = "reparameterize"
@@ -61,12 +64,12 @@ def _make_backward(backward_op):
 
 torch.library.register_fake("fastgen::reparameterize_triton")(_fake)
 torch.library.register_fake("fastgen::reparameterize_backward_triton")(_fake_backward)
-_pairs = {"fastgen::reparameterize_triton": torch.ops.fastgen.reparameterize_backward_triton}
+torch.library.register_autograd("fastgen::reparameterize_triton",
+                                _make_backward(torch.ops.fastgen.reparameterize_backward_triton),
+                                setup_context=_setup_context)
 if _ext.AVAILABLE:
     torch.library.register_fake("fastgen::reparameterize")(_fake)
     torch.library.register_fake("fastgen::reparameterize_backward")(_fake_backward)
-    _pairs["fastgen::reparameterize"] = torch.ops.fastgen.reparameterize_backward
-register_autograd_pair(_pairs, _setup_context, _make_backward)
 
 
 # --- the public op --------------------------------------------------------------------------

@@ -1,0 +1,11 @@
+// Schemas of the masked_conv2d op (kernels: masked_conv2d_cpu.cpp, masked_conv2d_cuda.cu).
+// Outputs are channels-last (N, C, H, W) tensors: the kernels work in NHWC, and a stack of
+// masked convolutions then passes activations on without a layout copy.
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(fastgen, m) {
+  m.def("masked_conv2d(Tensor x, Tensor weight, Tensor? bias, str mask_type, int data_channels) -> Tensor");
+  m.def(
+      "masked_conv2d_backward(Tensor grad_y, Tensor x, Tensor weight, str mask_type, int data_channels, "
+      "bool x_grad, bool weight_grad, bool bias_grad) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+}

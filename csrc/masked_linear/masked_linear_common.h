@@ -1,0 +1,54 @@
+// Host-side checks of masked_linear's arguments and of its layout, shared by the CPU and CUDA
+// kernels (the Python layer checks first with friendlier messages).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "fastgen_check.h"
+#include "masked_linear/masked_linear.h"
+
+namespace fastgen {
+
+// Reads and validates a layout: groups must partition [0, extent_a) in order, spans lie in
+// [0, extent_b]. A layout built for another mask of the same shape is not detected here.
+inline std::vector<MaskBlock> read_mask_blocks(const at::Tensor& blocks, int64_t extent_a,
+                                               int64_t extent_b, const char* name) {
+  TORCH_CHECK(blocks.device().is_cpu() && blocks.scalar_type() == at::kLong && blocks.dim() == 2 &&
+                  blocks.size(1) == 4,
+              "fastgen::masked_linear: ", name, " must be an int64 CPU tensor of shape (G, 4); got ",
+              blocks.scalar_type(), " ", blocks.sizes(), " on ", blocks.device());
+  auto b = blocks.contiguous();
+  const int64_t* p = b.const_data_ptr<int64_t>();
+  std::vector<MaskBlock> out;
+  int64_t next = 0;
+  for (int64_t g = 0; g < b.size(0); ++g) {
+    MaskBlock blk{p[4 * g], p[4 * g + 1], p[4 * g + 2], p[4 * g + 3]};
+    TORCH_CHECK(blk.a0 == next && blk.a1 > blk.a0 && blk.a1 <= extent_a && blk.b0 >= 0 &&
+                    blk.b0 <= blk.b1 && blk.b1 <= extent_b,
+                "fastgen::masked_linear: ", name, " is not a layout of this mask (group ", g, ")");
+    next = blk.a1;
+    out.push_back(blk);
+  }
+  TORCH_CHECK(next == extent_a, "fastgen::masked_linear: ", name, " does not cover all ", extent_a,
+              " rows/columns");
+  return out;
+}
+
+inline void check_masked_linear_args(const at::Tensor& x, const at::Tensor& weight,
+                                     const at::Tensor& mask, const char* op) {
+  check_floating(x, op, "x");
+  check_floating(weight, op, "weight");
+  TORCH_CHECK(x.dim() == 2, "fastgen::", op, ": x must be 2-D (N, in_features); got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 2, "fastgen::", op, ": weight must be 2-D; got ", weight.sizes());
+  check_like(weight, "weight", x, op, "x", false);
+  TORCH_CHECK(x.size(1) == weight.size(1), "fastgen::", op, ": x has ", x.size(1),
+              " features but weight expects ", weight.size(1));
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.sizes() == weight.sizes() &&
+                  mask.device() == weight.device(),
+              "fastgen::", op, ": mask must be a bool tensor shaped and placed like weight; got ",
+              mask.scalar_type(), " ", mask.sizes(), " on ", mask.device());
+}
+
+}  // namespace fastgen

@@ -1,0 +1,126 @@
+"""fastgen.ops.masked_conv2d: the PixelCNN masked convolution, skipping the mask's zero taps.
+
+y = conv2d(x, weight * mask, bias, padding=(kh // 2, kw // 2)) with the PixelCNN mask of type
+"A" or "B" over `data_channels` colour groups (fastgen.reference.masked_conv2d). The mask is
+never materialised on the weight: the kernels only visit the taps above and left of the centre
+(plus the centre's allowed channel pairs), about half of a square kernel, and the gradient of
+every masked weight is exactly zero.
+
+Implementations: "reference", "cpp"/"cuda" (fastgen::masked_conv2d behind the dispatcher) and
+"triton" (the sibling op fastgen::masked_conv2d_triton); one fake kernel and one autograd wiring.
+"""
+import torch
+
+from fastgen import _ext, _impl
+from fastgen.ops._common import check_float, check_like, register_autograd_pair
+from fastgen.reference import masked_conv2d as _reference
+
+OP = "masked_conv2d"
+GPU_DEFAULT = "cuda"
+
+
+# --- Triton sibling ops -------------------------------------------------------------------
+@torch.library.custom_op("fastgen::masked_conv2d_triton", mutates_args=())
+def _masked_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          mask_type: str, data_channels: int) -> torch.Tensor:
+    from fastgen.kernels.masked_conv2d import masked_conv2d_forward
+
+    return masked_conv2d_forward(x, weight, bias, mask_type, data_channels)
+
+
+@torch.library.custom_op("fastgen::masked_conv2d_backward_triton", mutates_args=())
+def _masked_conv2d_backward_triton(
+        grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask_type: str,
+        data_channels: int, x_grad: bool, weight_grad: bool,
+        bias_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from fastgen.kernels.masked_conv2d import masked_conv2d_backward
+
+    return masked_conv2d_backward(grad_y, x, weight, mask_type, data_channels, x_grad,
+                                  weight_grad, bias_grad)
+
+
+# --- fake kernels ---------------------------------------------------------------------------
+# The kernels work in NHWC: activations and input gradients come back channels-last.
+def _channels_last(t, shape):
+    return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=torch.channels_last)
+
+
+def _fake(x, weight, bias, mask_type, data_channels):
+    return _channels_last(x, (x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
+
+
+def _fake_backward(grad_y, x, weight, mask_type, data_channels, x_grad, weight_grad, bias_grad):
+    return (_channels_last(x, x.shape) if x_grad else x.new_empty(0),
+            torch.empty_like(weight, memory_format=torch.contiguous_format) if weight_grad
+            else weight.new_empty(0),
+            weight.new_empty(weight.shape[0]) if bias_grad else weight.new_empty(0))
+
+
+# --- autograd -----------------------------------------------------------------------------
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, mask_type, data_channels = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.mask_type, ctx.data_channels, ctx.has_bias = mask_type, data_channels, bias is not None
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        gx, gw, gb = backward_op(grad_y, x, weight, ctx.mask_type, ctx.data_channels, need[0],
+                                 need[1], bool(ctx.has_bias and need[2]))
+        return (gx if need[0] else None, gw if need[1] else None,
+                gb if (ctx.has_bias and need[2]) else None, None, None)
+
+    return backward
+
+
+torch.library.register_fake("fastgen::masked_conv2d_triton")(_fake)
+torch.library.register_fake("fastgen::masked_conv2d_backward_triton")(_fake_backward)
+_pairs = {"fastgen::masked_conv2d_triton": torch.ops.fastgen.masked_conv2d_backward_triton}
+if _ext.AVAILABLE:
+    torch.library.register_fake("fastgen::masked_conv2d")(_fake)
+    torch.library.register_fake("fastgen::masked_conv2d_backward")(_fake_backward)
+    _pairs["fastgen::masked_conv2d"] = torch.ops.fastgen.masked_conv2d_backward
+register_autograd_pair(_pairs, _setup_context, _make_backward)
+
+
+# --- the public op --------------------------------------------------------------------------
+def check_args(x, weight, bias, mask_type, data_channels):
+    check_float(OP, "x", x)
+    if x.dim() != 4:
+        raise ValueError(f"fastgen.{OP}: x must be (N, C, H, W); got shape {tuple(x.shape)}")
+    check_like(OP, "x", x, "weight", weight, same_shape=False)
+    if weight.dim() != 4:
+        raise ValueError(f"fastgen.{OP}: weight must be (Cout, Cin, kh, kw); got shape "
+                         f"{tuple(weight.shape)}")
+    cout, cin, kh, kw = weight.shape
+    if cin != x.shape[1]:
+        raise ValueError(f"fastgen.{OP}: weight has {cin} input channels but x has {x.shape[1]}")
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"fastgen.{OP}: weight's kernel size must be odd; got ({kh}, {kw})")
+    if bias is not None:
+        check_like(OP, "x", x, "bias", bias, same_shape=False)
+        if tuple(bias.shape) != (cout,):
+            raise ValueError(f"fastgen.{OP}: bias must have shape ({cout},); got {tuple(bias.shape)}")
+    if mask_type not in _reference.MASK_TYPES:
+        raise ValueError(f"fastgen.{OP}: mask_type must be 'A' or 'B'; got {mask_type!r}")
+    if (not isinstance(data_channels, int) or isinstance(data_channels, bool) or data_channels < 1
+            or data_channels > min(cin, cout)):
+        raise ValueError(f"fastgen.{OP}: data_channels must be an int in [1, min(Cin, Cout) = "
+                         f"{min(cin, cout)}]; got {data_channels!r}")
+
+
+def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1):
+    """PixelCNN masked convolution, same-size output.
+
+    x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw) with kh, kw odd, bias: (Cout,) or None
+    -> (N, Cout, H, W). mask_type "A" excludes the centre tap (between equal colour groups),
+    "B" includes it; data_channels: number of colour groups (R -> G -> B) the channels split into."""
+    check_args(x, weight, bias, mask_type, data_channels)
+    impl = _impl.select(OP, x.device, GPU_DEFAULT)
+    if impl == "reference":
+        return _reference.masked_conv2d(x, weight, bias, mask_type, data_channels)
+    if impl == "triton":
+        return torch.ops.fastgen.masked_conv2d_triton(x, weight, bias, mask_type, data_channels)
+    return torch.ops.fastgen.masked_conv2d(x, weight, bias, mask_type, data_channels)

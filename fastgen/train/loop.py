@@ -1,0 +1,285 @@
+"""Training loops for every model family (see registry), 1 process or many under torchrun.
+
+Model selection: the checkpoint keeps the last weights (to resume) and, for likelihood models, the
+weights of the epoch with the lowest validation loss ("best"; small datasets such as digits
+overfit), which sample/score/features use by default.
+
+Determinism: epoch e reads the permutation (and, with dynamic binarisation, the binary draw) of a
+generator seeded by (seed, e); the model's own noise (VAE z, GAN z) comes from a generator whose
+state is checkpointed. So --resume continues exactly where the run stopped (same world size).
+"""
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fastgen import data as fdata
+from fastgen.train import distributed
+from fastgen.train.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from fastgen.train.registry import ModelError, build_model, get_spec
+
+BINARIZE_CHOICES = ("threshold", "stochastic", "dynamic", "none")
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    out: str
+    data: str = "digits"
+    epochs: int = None            # None: the model's default
+    batch_size: int = None
+    lr: float = None
+    binarize: str = None          # None: "threshold" for likelihood models, "none" for GANs
+    levels: int = None            # K-level quantisation instead of binarisation
+    classes: str = None           # e.g. "0-4": train on these labels only
+    limit: int = None             # use only the first `limit` training images (quick runs)
+    max_steps: int = None         # stop after this many optimiser steps in total
+    seed: int = 0
+    model_kwargs: dict = field(default_factory=dict)
+    progress: bool = True
+    resume: bool = False
+    device: str = None
+
+
+# --- data ------------------------------------------------------------------------------------
+def data_config(cfg, family):
+    binarize = cfg.binarize
+    if binarize is None:
+        binarize = "none" if (family == "gan" or cfg.levels) else "threshold"
+    if binarize not in BINARIZE_CHOICES:
+        raise fdata.DataError(f"binarize must be one of {', '.join(BINARIZE_CHOICES)}; got {binarize!r}")
+    if binarize != "none" and cfg.levels not in (None, 2):
+        raise fdata.DataError("--binarize and --levels > 2 cannot be combined")
+    if family == "ar" and binarize == "none" and not cfg.levels:
+        raise fdata.DataError("autoregressive models need discrete data: use --binarize or --levels K")
+    if cfg.limit is not None and cfg.limit <= 0:
+        raise fdata.DataError(f"limit must be positive; got {cfg.limit}")
+    return {"name": cfg.data, "binarize": binarize, "levels": cfg.levels, "classes": cfg.classes,
+            "seed": cfg.seed, "limit": cfg.limit}
+
+
+def num_levels(data_cfg):
+    if data_cfg["binarize"] != "none":
+        return 2
+    return data_cfg["levels"]  # None: grey values in [0, 1]
+
+
+def load_split(data_cfg, split, classes="config"):
+    """Images, labels of a split under a checkpoint's data config. Dynamic binarisation: grey
+    training images (binarised per epoch by the loop), a fixed stochastic draw for val/test."""
+    b = data_cfg["binarize"]
+    if b == "dynamic":
+        b = False if split == "train" else "stochastic"
+    elif b == "none":
+        b = False
+    x, y = fdata.load(data_cfg["name"], split, binarize=b, seed=data_cfg["seed"], levels=data_cfg["levels"],
+                      classes=data_cfg["classes"] if classes == "config" else classes)
+    if split == "train" and data_cfg.get("limit"):
+        x, y = x[:data_cfg["limit"]], y[:data_cfg["limit"]]
+    if len(x) == 0:
+        raise fdata.DataError(f"{data_cfg['name']}: the {split} split is empty (classes={data_cfg['classes']})")
+    return x, y
+
+
+# --- objectives ------------------------------------------------------------------------------
+class PerExampleLoss(nn.Module):
+    """forward(x, generator) -> (N,) training loss per example (DDP wraps this module)."""
+
+    def __init__(self, model, family):
+        super().__init__()
+        self.model, self.family = model, family
+
+    def forward(self, x, generator=None):
+        if self.family == "vae":
+            return -self.model.elbo(x, generator=generator)
+        return -self.model.log_prob(x)
+
+
+@torch.no_grad()
+def validation_loss(model, family, x, batch=256, seed=0):
+    """Mean validation loss in nats (AR: NLL; VAE: -ELBO); None for GANs."""
+    if family == "gan":
+        return None
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    was = model.training
+    model.eval()
+    try:
+        total = sum(float(PerExampleLoss(model, family)(x[i:i + batch], gen).sum())
+                    for i in range(0, len(x), batch))
+    finally:
+        model.train(was)
+    return total / len(x)
+
+
+# --- the loop --------------------------------------------------------------------------------
+def _log(info, msg):
+    if info.is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _progress(info, enabled, total, desc):
+    if not (enabled and info.is_main):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def _optimizers(model, family, lr):
+    if family == "gan":
+        betas = (0.5, 0.999)  # the DCGAN paper's Adam setting
+        return {"d": torch.optim.Adam(model.discriminator.parameters(), lr=lr, betas=betas),
+                "g": torch.optim.Adam(model.generator.parameters(), lr=lr, betas=betas)}
+    return {"model": torch.optim.Adam(model.parameters(), lr=lr)}
+
+
+def train(cfg):
+    """Train (or resume) per `cfg`; writes OUT/checkpoint.pt each epoch; returns a summary dict."""
+    info = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        distributed.cleanup(info)
+
+
+def _train(cfg, info):
+    ckpt = checkpoint_path(cfg.out)
+    payload = None
+    if cfg.resume:
+        payload = load_checkpoint(ckpt)
+        if cfg.model and cfg.model != payload["model"]["name"]:
+            raise CheckpointError(f"{ckpt} holds a {payload['model']['name']!r} run, not {cfg.model!r}")
+        spec = get_spec(payload["model"]["name"])
+        data_cfg, hp = payload["data"], dict(payload["train"])
+        if cfg.epochs is not None:
+            hp["epochs"] = cfg.epochs
+        hp["max_steps"] = cfg.max_steps  # a step limit applies to one invocation only
+        overrides = payload["model"]["kwargs"]
+    else:
+        if os.path.exists(ckpt):
+            raise CheckpointError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
+        spec = get_spec(cfg.model)
+        data_cfg = data_config(cfg, spec.family)
+        hp = {"epochs": cfg.epochs or spec.epochs, "batch_size": cfg.batch_size or spec.batch_size,
+              "lr": cfg.lr or spec.lr, "seed": cfg.seed, "max_steps": cfg.max_steps}
+        overrides = cfg.model_kwargs
+    for key in ("epochs", "batch_size"):
+        if not isinstance(hp[key], int) or hp[key] <= 0:
+            raise ValueError(f"{key} must be a positive int; got {hp[key]!r}")
+    x_train, _ = load_split(data_cfg, "train")
+    x_val, _ = load_split(data_cfg, "val")
+    torch.manual_seed(hp["seed"])  # the same initial weights on every rank (DDP also broadcasts)
+    shape = payload["model"]["input_shape"] if payload else x_train.shape[1:]
+    model, kwargs = build_model(spec, shape, num_levels(data_cfg), overrides)
+    if payload:
+        try:
+            model.load_state_dict(payload["model_state"])
+        except (RuntimeError, KeyError) as exc:
+            detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:200]
+            raise CheckpointError(f"{ckpt}: weights do not fit model {spec.name!r} ({detail})") from None
+    if tuple(x_train.shape[1:]) != tuple(model.input_shape):
+        raise fdata.DataError(f"data shape {tuple(x_train.shape[1:])} does not match the model's "
+                              f"input_shape {tuple(model.input_shape)}")
+    model.to(info.device)
+    opts = _optimizers(model, spec.family, hp["lr"])
+    noise = torch.Generator(device=info.device).manual_seed(hp["seed"] * 7919 + info.rank)
+    epoch, step, skip, history = 0, 0, 0, []
+    best = None  # {"epoch", "val_loss", "model_state"}: the weights with the lowest validation loss
+    if payload:
+        for k, o in opts.items():
+            o.load_state_dict(payload["optim_state"][k])
+        epoch, step, skip = payload["state"]["epoch"], payload["state"]["step"], payload["state"]["batch_in_epoch"]
+        history = list(payload["state"]["history"])
+        best = payload.get("best")
+        if payload["state"].get("world") == info.world and "noise_state" in payload:
+            noise.set_state(payload["noise_state"])
+    if spec.family == "gan":
+        g_net, d_net = distributed.wrap(model.generator, info), distributed.wrap(model.discriminator, info)
+    else:
+        loss_net = distributed.wrap(PerExampleLoss(model, spec.family), info)
+    n, bs = len(x_train), hp["batch_size"]
+    per_epoch = math.ceil(n / bs)
+    max_steps = hp.get("max_steps")
+
+    def save(batch_in_epoch):
+        if not info.is_main:
+            return
+        save_checkpoint(ckpt, {
+            "model": {"name": spec.name, "kwargs": kwargs, "input_shape": list(model.input_shape),
+                      "family": spec.family},
+            "data": data_cfg, "train": hp, "model_state": model.state_dict(),
+            "optim_state": {k: o.state_dict() for k, o in opts.items()},
+            "state": {"epoch": epoch, "step": step, "batch_in_epoch": batch_in_epoch, "history": history,
+                      "world": info.world},
+            "noise_state": noise.get_state(), **({"best": best} if best else {})})
+
+    model.train()
+    _log(info, f"training {spec.name} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
+               f"{data_cfg['name']}: {n} images {tuple(x_train.shape[1:])}, {hp['epochs']} epochs, batch "
+               f"{bs}, {info.world} process(es) -> {ckpt}")
+    stopped = False
+    while epoch < hp["epochs"] and not stopped:
+        t0 = time.time()
+        gen_e = torch.Generator().manual_seed(hp["seed"] * 100003 + epoch)
+        perm = torch.randperm(n, generator=gen_e)
+        x_epoch = fdata.stochastic_binarize(x_train, gen_e) if data_cfg["binarize"] == "dynamic" else x_train
+        bar = _progress(info, cfg.progress, per_epoch - skip, f"epoch {epoch + 1}/{hp['epochs']}")
+        sums, count = {}, 0
+        for b in range(skip, per_epoch):
+            idx = perm[b * bs:(b + 1) * bs]
+            xb = x_epoch[idx[info.rank::info.world]].to(info.device)
+            if spec.family == "gan":
+                stats = model.train_step(xb, opts["d"], opts["g"], generator=noise, g_net=g_net, d_net=d_net)
+            else:
+                per = loss_net(xb, noise)
+                loss = per.sum() * (info.world / len(idx))  # DDP averages: the global batch mean
+                opts["model"].zero_grad(set_to_none=True)
+                loss.backward()
+                opts["model"].step()
+                stats = {"loss": float(per.detach().mean())}
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count, step = count + 1, step + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
+            if max_steps is not None and step >= max_steps:
+                stopped = b + 1 < per_epoch
+                skip_next = b + 1
+                break
+        else:
+            skip_next = per_epoch
+        if bar is not None:
+            bar.close()
+        if stopped:  # mid-epoch stop: the checkpoint resumes at the next minibatch
+            save(skip_next)
+            break
+        epoch, skip = epoch + 1, 0
+        sums = distributed.mean_over_ranks(sums, info)  # log the mean over all ranks' shards
+        row = {"epoch": epoch, "step": step, "seconds": round(time.time() - t0, 3),
+               **{f"train_{k}": v / max(count, 1) for k, v in sums.items()}}
+        val = validation_loss(model, spec.family, x_val.to(info.device), seed=hp["seed"])
+        if val is not None:
+            row["val_loss"] = val
+            if best is None or val < best["val_loss"]:
+                best = {"epoch": epoch, "val_loss": val,
+                        "model_state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        history.append(row)
+        _log(info, "epoch {epoch}: ".format(**row) + ", ".join(
+            f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_", "val_"))))
+        save(0)
+        if max_steps is not None and step >= max_steps:
+            break
+    distributed.barrier(info)
+    if info.is_main:
+        with open(os.path.join(os.path.dirname(ckpt), "history.json"), "w") as f:
+            json.dump(history, f, indent=1)
+    return {"checkpoint": ckpt, "epoch": epoch, "step": step, "history": history, "model": model, "best": best,
+            "family": spec.family, "rank": info.rank, "world": info.world}
