@@ -149,12 +149,7 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, c10::string_view mask_type,
     int64_t data_channels, bool x_grad, bool weight_grad, bool bias_grad) {
-  auto a = check_masked_conv("masked_conv2d_backward", x, weight, std::string(mask_type), data_channels);
-  check_like(x, "x", grad_y, "masked_conv2d_backward", "grad_y", false);
-  TORCH_CHECK(grad_y.dim() == 4 && grad_y.size(0) == a.n && grad_y.size(1) == a.cout && grad_y.size(2) == a.h &&
-                  grad_y.size(3) == a.w,
-              "fastgen::masked_conv2d_backward: grad_y has shape ", grad_y.sizes(), " but y has (", a.n, ", ",
-              a.cout, ", ", a.h, ", ", a.w, ")");
+  auto a = check_masked_conv_backward(grad_y, x, weight, std::string(mask_type), data_channels);
   const auto dt = acc_type(x);
   const auto opts = x.options().dtype(dt);
   const int64_t m_total = a.n * a.h * a.w;

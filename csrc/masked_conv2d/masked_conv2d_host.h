@@ -47,6 +47,18 @@ inline MaskedConvArgs check_masked_conv(const char* op, const at::Tensor& x, con
   return a;
 }
 
+inline MaskedConvArgs check_masked_conv_backward(const at::Tensor& grad_y, const at::Tensor& x,
+                                                 const at::Tensor& weight, const std::string& mask_type,
+                                                 int64_t data_channels) {
+  auto a = check_masked_conv("masked_conv2d_backward", x, weight, mask_type, data_channels);
+  check_like(x, "x", grad_y, "masked_conv2d_backward", "grad_y", false);
+  TORCH_CHECK(grad_y.dim() == 4 && grad_y.size(0) == a.n && grad_y.size(1) == a.cout && grad_y.size(2) == a.h &&
+                  grad_y.size(3) == a.w,
+              "fastgen::masked_conv2d_backward: grad_y has shape ", grad_y.sizes(), " but y has (", a.n, ", ",
+              a.cout, ", ", a.h, ", ", a.w, ")");
+  return a;
+}
+
 // (Cout, Cin) 0/1 centre mask in `options`.
 inline at::Tensor centre_mask(const MaskedConvArgs& a, const at::TensorOptions& options) {
   auto m = at::empty({a.cout, a.cin}, at::kFloat);

@@ -51,4 +51,14 @@ inline void check_masked_linear_args(const at::Tensor& x, const at::Tensor& weig
               mask.scalar_type(), " ", mask.sizes(), " on ", mask.device());
 }
 
+inline void check_masked_linear_backward_args(const at::Tensor& grad_y, const at::Tensor& x,
+                                              const at::Tensor& weight, const at::Tensor& mask) {
+  check_masked_linear_args(x, weight, mask, "masked_linear_backward");
+  const int64_t n = x.size(0), out_f = weight.size(0);
+  check_like(weight, "weight", grad_y, "masked_linear_backward", "grad_y", false);
+  TORCH_CHECK(grad_y.dim() == 2 && grad_y.size(0) == n && grad_y.size(1) == out_f,
+              "fastgen::masked_linear_backward: grad_y must have shape (", n, ", ", out_f, "); got ",
+              grad_y.sizes());
+}
+
 }  // namespace fastgen

@@ -136,12 +136,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cuda(
     const at::Tensor& grad_y_in, const at::Tensor& x_in, const at::Tensor& weight_in,
     const at::Tensor& mask_in, const at::Tensor& row_blocks, const at::Tensor& col_blocks,
     std::array<bool, 3> output_mask) {
-  check_masked_linear_args(x_in, weight_in, mask_in, "masked_linear_backward");
+  check_masked_linear_backward_args(grad_y_in, x_in, weight_in, mask_in);
   const int64_t n = x_in.size(0), out_f = weight_in.size(0), in_f = weight_in.size(1);
-  check_like(weight_in, "weight", grad_y_in, "masked_linear_backward", "grad_y", false);
-  TORCH_CHECK(grad_y_in.dim() == 2 && grad_y_in.size(0) == n && grad_y_in.size(1) == out_f,
-              "fastgen::masked_linear_backward: grad_y must have shape (", n, ", ", out_f, "); got ",
-              grad_y_in.sizes());
   auto rows = read_mask_blocks(row_blocks, out_f, in_f, "row_blocks");
   auto cols = read_mask_blocks(col_blocks, in_f, out_f, "col_blocks");
   c10::cuda::CUDAGuard guard(x_in.device());
