@@ -1,6 +1,8 @@
 """Input checks and autograd wiring shared by the fastgen ops."""
 import torch
 
+from fastgen import _ext
+
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
@@ -29,10 +31,18 @@ def check_like(op, ref_name, ref, name, t, same_shape=True):
     return t
 
 
-def register_autograd_pair(op_names, setup_context, make_backward):
-    """Wire autograd identically for the compiled op and its Triton sibling.
-
-    op_names: {forward op name: backward op callable}; make_backward(backward_op) returns the
-    backward function for register_autograd."""
-    for name, backward_op in op_names.items():
-        torch.library.register_autograd(name, make_backward(backward_op), setup_context=setup_context)
+def register_siblings(stem, fake, fake_backward, setup_context, make_backward, compiled_autograd=True):
+    """Wire an op's two siblings alike: fastgen::<stem>_triton (a Python custom_op) and, when the
+    extension is built, the compiled fastgen::<stem>. Both get the shared fake kernels (forward
+    and backward op) and the same autograd, whose backward calls the sibling's own backward op
+    (fastgen::<stem>_backward[_triton]). compiled_autograd=False: the compiled op registers its
+    autograd in C++ already."""
+    siblings = [f"{stem}_triton"] + ([stem] if _ext.AVAILABLE else [])
+    for name in siblings:
+        backward_name = name.replace(stem, f"{stem}_backward", 1)
+        torch.library.register_fake(f"fastgen::{name}")(fake)
+        torch.library.register_fake(f"fastgen::{backward_name}")(fake_backward)
+        if name != stem or compiled_autograd:
+            backward_op = getattr(torch.ops.fastgen, backward_name)
+            torch.library.register_autograd(f"fastgen::{name}", make_backward(backward_op),
+                                            setup_context=setup_context)

@@ -11,8 +11,8 @@ Implementations: "reference", "cpp"/"cuda" (fastgen::masked_conv2d behind the di
 """
 import torch
 
-from fastgen import _ext, _impl
-from fastgen.ops._common import check_float, check_like, register_autograd_pair
+from fastgen import _impl
+from fastgen.ops._common import check_float, check_like, register_siblings
 from fastgen.reference import masked_conv2d as _reference
 
 OP = "masked_conv2d"
@@ -75,14 +75,7 @@ def _make_backward(backward_op):
     return backward
 
 
-torch.library.register_fake("fastgen::masked_conv2d_triton")(_fake)
-torch.library.register_fake("fastgen::masked_conv2d_backward_triton")(_fake_backward)
-_pairs = {"fastgen::masked_conv2d_triton": torch.ops.fastgen.masked_conv2d_backward_triton}
-if _ext.AVAILABLE:
-    torch.library.register_fake("fastgen::masked_conv2d")(_fake)
-    torch.library.register_fake("fastgen::masked_conv2d_backward")(_fake_backward)
-    _pairs["fastgen::masked_conv2d"] = torch.ops.fastgen.masked_conv2d_backward
-register_autograd_pair(_pairs, _setup_context, _make_backward)
+register_siblings("masked_conv2d", _fake, _fake_backward, _setup_context, _make_backward)
 
 
 # --- the public op --------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import torch
 
-from fastgen import _ext, _impl
-from fastgen.ops._common import check_float, check_like, register_autograd_pair
+from fastgen import _impl
+from fastgen.ops._common import check_float, check_like, register_siblings
 from fastgen.reference import masked_linear as _reference
 
 OP = "masked_linear"
@@ -140,14 +140,7 @@ def _make_backward(backward_op):
     return backward
 
 
-torch.library.register_fake("fastgen::masked_linear_triton")(_fake)
-torch.library.register_fake("fastgen::masked_linear_backward_triton")(_fake_backward)
-_pairs = {"fastgen::masked_linear_triton": torch.ops.fastgen.masked_linear_backward_triton}
-if _ext.AVAILABLE:
-    torch.library.register_fake("fastgen::masked_linear")(_fake)
-    torch.library.register_fake("fastgen::masked_linear_backward")(_fake_backward)
-    _pairs["fastgen::masked_linear"] = torch.ops.fastgen.masked_linear_backward
-register_autograd_pair(_pairs, _setup_context, _make_backward)
+register_siblings("masked_linear", _fake, _fake_backward, _setup_context, _make_backward)
 
 
 # --- the public op --------------------------------------------------------------------------

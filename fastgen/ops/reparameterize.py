@@ -9,8 +9,8 @@ custom_op, wired with register_autograd.
 """
 import torch
 
-from fastgen import _ext, _impl
-from fastgen.ops._common import FLOAT_DTYPES, check_float, check_like
+from fastgen import _impl
+from fastgen.ops._common import FLOAT_DTYPES, check_float, check_like, register_siblings
 from fastgen.reference import reparameterize as _reference
 
 OP = "reparameterize"
@@ -62,14 +62,8 @@ def _make_backward(backward_op):
     return backward
 
 
-torch.library.register_fake("fastgen::reparameterize_triton")(_fake)
-torch.library.register_fake("fastgen::reparameterize_backward_triton")(_fake_backward)
-torch.library.register_autograd("fastgen::reparameterize_triton",
-                                _make_backward(torch.ops.fastgen.reparameterize_backward_triton),
-                                setup_context=_setup_context)
-if _ext.AVAILABLE:
-    torch.library.register_fake("fastgen::reparameterize")(_fake)
-    torch.library.register_fake("fastgen::reparameterize_backward")(_fake_backward)
+register_siblings("reparameterize", _fake, _fake_backward, _setup_context, _make_backward,
+                  compiled_autograd=False)
 
 
 # --- the public op --------------------------------------------------------------------------

@@ -9,8 +9,8 @@ reverse scan) consumes them. They share one fake kernel and one autograd wiring.
 """
 import torch
 
-from fastgen import _ext, _impl
-from fastgen.ops._common import check_float, check_like, register_autograd_pair
+from fastgen import _impl
+from fastgen.ops._common import check_float, check_like, register_siblings
 from fastgen.reference import row_lstm_scan as _reference
 
 OP = "row_lstm_scan"
@@ -74,14 +74,7 @@ def _make_backward(backward_op):
     return backward
 
 
-torch.library.register_fake("fastgen::row_lstm_scan_triton")(_fake)
-torch.library.register_fake("fastgen::row_lstm_scan_backward_triton")(_fake_backward)
-_pairs = {"fastgen::row_lstm_scan_triton": torch.ops.fastgen.row_lstm_scan_backward_triton}
-if _ext.AVAILABLE and hasattr(torch.ops.fastgen, "row_lstm_scan"):
-    torch.library.register_fake("fastgen::row_lstm_scan")(_fake)
-    torch.library.register_fake("fastgen::row_lstm_scan_backward")(_fake_backward)
-    _pairs["fastgen::row_lstm_scan"] = torch.ops.fastgen.row_lstm_scan_backward
-register_autograd_pair(_pairs, _setup_context, _make_backward)
+register_siblings("row_lstm_scan", _fake, _fake_backward, _setup_context, _make_backward)
 
 
 # --- the public op --------------------------------------------------------------------------
