@@ -32,22 +32,35 @@ def _cuda_wanted():
     return available
 
 
+_CAPABILITY_FLAGS = {
+    # at::vec's AVX-512 code, as torch compiles its own AVX512 kernels
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "default": ["-DCPU_CAPABILITY=DEFAULT"],
+}
+
+
 def _cpu_capability_flags():
-    """at::vec width for the CPU kernels: AVX2 when the building machine has it (a source
-    build targets its machine); FASTGEN_CPU_CAPABILITY=default|avx2 overrides."""
+    """at::vec width for the CPU kernels: the widest the building machine has (a source build
+    targets its machine; torch's own kernels pick AVX-512 at run time there too), AVX-512, else
+    AVX2, else scalar. FASTGEN_CPU_CAPABILITY=default|avx2|avx512 overrides."""
     cap = os.environ.get("FASTGEN_CPU_CAPABILITY", "").strip().lower()
     if not cap:
         try:
             with open("/proc/cpuinfo") as f:
-                flags = f.read()
-            cap = "avx2" if (" avx2" in flags and " fma" in flags and " f16c" in flags) else "default"
+                flags = set(f.read().split())
         except OSError:
+            flags = set()
+        if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma", "f16c"} <= flags:
+            cap = "avx512"
+        elif {"avx2", "fma", "f16c"} <= flags:
+            cap = "avx2"
+        else:
             cap = "default"
-    if cap == "avx2":
-        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-    if cap != "default":
-        raise RuntimeError(f"FASTGEN_CPU_CAPABILITY must be 'default' or 'avx2', got {cap!r}")
-    return ["-DCPU_CAPABILITY=DEFAULT"]
+    if cap not in _CAPABILITY_FLAGS:
+        raise RuntimeError(f"FASTGEN_CPU_CAPABILITY must be one of {sorted(_CAPABILITY_FLAGS)}, got {cap!r}")
+    return _CAPABILITY_FLAGS[cap]
 
 
 def _nvidia_wheel_dirs():

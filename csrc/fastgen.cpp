@@ -12,5 +12,12 @@ PyMODINIT_FUNC PyInit__C(void) {
 #else
   PyModule_AddIntConstant(m, "cuda_built", 0);
 #endif
+#if defined(CPU_CAPABILITY_AVX512)
+  PyModule_AddStringConstant(m, "cpu_capability", "avx512");
+#elif defined(CPU_CAPABILITY_AVX2)
+  PyModule_AddStringConstant(m, "cpu_capability", "avx2");
+#else
+  PyModule_AddStringConstant(m, "cpu_capability", "default");
+#endif
   return m;
 }

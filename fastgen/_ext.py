@@ -8,10 +8,12 @@ try:
 
     AVAILABLE = True
     CUDA_BUILT = bool(getattr(_C, "cuda_built", False))
+    CPU_CAPABILITY = getattr(_C, "cpu_capability", "default")  # at::vec width of the CPU kernels
     LOAD_ERROR = None
 except (ImportError, OSError) as exc:  # not built, or built against another torch
     AVAILABLE = False
     CUDA_BUILT = False
+    CPU_CAPABILITY = None
     LOAD_ERROR = exc
     warnings.warn(
         "fastgen: the compiled extension fastgen._C is not available "

@@ -8,6 +8,7 @@
 // incoming gradient of the loss (Liger's fused cross-entropy way).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -23,6 +24,17 @@ using DiscriminatorSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at
                                                                         c10::string_view, bool, bool);
 using GeneratorSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, c10::string_view, bool);
 
+// Whether t is a real CPU scalar equal to 1: read on the host, which is no device sync for a CPU
+// tensor; never under tracing (fake, functional or Python-dispatch tensors, or a dispatch mode
+// active), where its value is unknown and reading it would be a data-dependent guard.
+bool is_exactly_one(const at::Tensor& t) {
+  if (!t.device().is_cpu() || t.numel() != 1) return false;
+  const auto keys = t.key_set();
+  if (keys.has(c10::DispatchKey::Python) || keys.has(c10::DispatchKey::Functionalize)) return false;
+  if (c10::impl::TorchDispatchModeTLS::any_modes_set() || !t.has_storage()) return false;
+  return t.item<double>() == 1.0;
+}
+
 // grad_loss * saved, or undefined when the input needs no gradient. A gradient asked of a
 // forward run with its flag off is an error, never a wrong answer; so is a double backward (the
 // saved gradient is a constant here, so its own derivative would silently be lost).
@@ -37,6 +49,13 @@ at::Tensor scaled(AutogradContext* ctx, size_t index, const at::Tensor& grad_los
   TORCH_CHECK(!at::GradMode::is_enabled(),
               "fastgen gan loss: double backward (create_graph=True) is not supported by the fused "
               "kernels; use fastgen.use_impl('reference') for it");
+  // loss.backward() on a CPU loss, the common case: the incoming gradient is exactly 1 (read on
+  // the host, no device sync for a CPU tensor), so the saved gradient is the answer and is handed
+  // on without a copy. Autograd treats gradients as read-only, and AccumulateGrad copies one that
+  // something else still holds (a retained graph, a caller holding the op's outputs) instead of
+  // adopting it; only a caller that writes in place into a gradient returned by
+  // torch.autograd.grad(..., retain_graph=True) would see the saved one change.
+  if (is_exactly_one(grad_loss)) return saved;
   return saved * grad_loss;
 }
 

@@ -116,6 +116,26 @@ def test_only_needed_gradients_and_repeated_backward(impl, device):
     torch.testing.assert_close(loss, reference.generator_loss(fake.detach(), "nonsaturating"))
 
 
+def test_unit_gradient_handed_on_without_copy_stays_exact(impl, device):
+    """loss.backward() hands the saved gradient on without a copy (incoming gradient exactly 1):
+    a retained graph run twice, in-place edits of .grad in between, and a non-leaf path stay
+    exact."""
+    real = _logits((5, 3), torch.float32, device, seed=11, requires_grad=True)
+    fake = _logits((7,), torch.float32, device, seed=12, requires_grad=True)
+    want = torch.autograd.grad(reference.discriminator_loss(real, fake, "bce"), (real, fake))
+    loss = discriminator_loss(real, fake, "bce")
+    loss.backward(retain_graph=True)
+    torch.testing.assert_close((real.grad, fake.grad), want)
+    real.grad.zero_()
+    fake.grad.mul_(-3.0)  # in-place edits of .grad must not reach the saved gradient
+    loss.backward()
+    torch.testing.assert_close((real.grad, fake.grad), (want[0], -2.0 * want[1]))
+    w = torch.tensor(1.5, device=device, requires_grad=True)  # non-leaf logits
+    discriminator_loss(real.detach() * w, fake.detach() * w, "bce").backward()
+    (want_w,) = torch.autograd.grad(reference.discriminator_loss(real.detach() * w, fake.detach() * w, "bce"), w)
+    torch.testing.assert_close(w.grad, want_w)
+
+
 def test_non_contiguous_inputs(impl, device):
     real = _logits((9, 6), torch.float32, device, seed=8, requires_grad=True)
     fake = _logits((5, 8, 2), torch.float32, device, seed=9, requires_grad=True)
