@@ -5,8 +5,9 @@ each built fastgen impl (the Triton interpreter is a correctness vehicle only, n
 Cases: a dispatch-bound size (real and fake 128x32 each), the floor's size (1M logits each) and
 a bandwidth-bound size (8M + 8M = 16M logits). For the large sizes, achieved GB/s of the minimal
 traffic as a fraction of a STREAM triad measured in the same run: the forward without grad reads
-the logits once (n elements); forward+backward reads the logits and writes their gradient, then
-the backward reads it and writes the scaled gradient (4n).
+the logits once (n elements); forward+backward reads the logits and writes their gradient (2n:
+the minimum; loss.backward() brings an incoming gradient of exactly 1, so the fused backward hands
+the saved gradient on without another pass).
 """
 import os
 import sys
@@ -63,7 +64,7 @@ def _case(which, kind, shape, repeats, triad):
     rows = []
     size = "x".join(map(str, shape))
     label = f"{which} {kind} {size}" + (" (each)" if which == "discriminator" else "")
-    for mode, wrap, traffic in (("fwd", forward, n), ("fwd+bwd", forward_backward, 4 * n)):
+    for mode, wrap, traffic in (("fwd", forward, n), ("fwd+bwd", forward_backward, 2 * n)):
         times = time_interleaved({k: wrap(f) for k, f in providers.items()}, repeats=repeats)
         base = times["eager reference"]
         for name, t in times.items():
