@@ -1,54 +1,100 @@
-// CPU kernels of masked_linear: one GEMM (at::mm / at::addmm, i.e. the BLAS this torch ships)
-// per block of the layout and thread, on contiguous spans, writing straight into strided views
-// of the output; nothing outside a block is computed. The masked weight Wm = where(M, W, 0) is formed
-// with masked_weight from masked_linear.h (the CUDA kernel's element math) only where read.
+// CPU kernels of masked_linear (math: masked_linear.h). Every pass is a list of GEMMs, one per
+// block of the layout, through fastgen::linear_nt (oneDNN's AVX-512 brgemm for float32/bf16,
+// about twice the at::mm that F.linear runs here; at::mm for float64) on contiguous operands:
+//   forward   y[:, r0:r1]  = x[:, c0:c1] P^T + b[r0:r1]     P = Wm[r0:r1, c0:c1] packed
+//   grad x    gx[:, c0:c1] = gy[:, r0:r1] Q                 Q = Wm[r0:r1, c0:c1] packed
+//   grad W    gW[r0:r1, :] = where(M, gy^T[r0:r1] x^T[c0:c1]^T, 0) on [c0, c1), 0 elsewhere
+// with Wm = where(M, W, 0) packed per block right before its GEMM (while it is in cache), and
+// gy^T, x^T transposed once so that grad W's operands are row slices (contiguous).
+// Threads: the blocks' work (rows x span) is cut into one contiguous share per thread, so every
+// GEMM is as large as the layout allows and runs single-threaded inside one parallel region:
+// one region per pass, not one OpenMP team per GEMM, which costs a barrier per call and splits
+// 128-row blocks too thinly for two cores.
 #include <torch/library.h>
 
 #include <algorithm>
-#include <array>
 #include <vector>
 
 #include "fastgen_cpu.h"
+#include "fastgen_gemm.h"
 #include "masked_linear/masked_linear_common.h"
 
 namespace fastgen {
 namespace {
 
-// One parallel region per pass: thread t of nt runs fn(t, nt), issuing single-threaded GEMMs
-// on its own slice (BLAS calls inside an ATen parallel region run on the calling thread). One
-// region instead of one per block matters: with busy cores every region start costs a wait for
-// all threads, and a layout has tens of blocks. Small problems run on the calling thread.
+// A thread's piece of a layout: rows [a0, a1) (of the partitioned dimension) of group g.
+struct Piece {
+  int64_t g, a0, a1;
+};
+
+// Cuts the groups into nt shares of about equal work (a-extent x b-span; an empty span counts
+// as 1 so its fill still lands somewhere), at multiples of `quant` rows inside a group.
+std::vector<std::vector<Piece>> split_work(const std::vector<MaskBlock>& groups, int64_t nt,
+                                           int64_t quant) {
+  std::vector<std::vector<Piece>> shares(nt);
+  auto weight = [](const MaskBlock& g) { return std::max<int64_t>(g.b1 - g.b0, 1); };
+  int64_t total = 0;
+  for (const auto& g : groups) total += (g.a1 - g.a0) * weight(g);
+  int64_t t = 0, done = 0;  // done: work handed out so far
+  for (int64_t gi = 0; gi < (int64_t)groups.size(); ++gi) {
+    const auto& g = groups[gi];
+    int64_t a = g.a0;
+    while (a < g.a1) {
+      // the end of thread t's share, in rows of this group
+      const int64_t target = total * (t + 1) / nt;
+      int64_t cut = g.a1;
+      if (t < nt - 1 && done + (g.a1 - a) * weight(g) > target) {
+        int64_t rows = (target - done + weight(g) - 1) / weight(g);
+        rows = (rows + quant / 2) / quant * quant;
+        cut = std::min(g.a1, a + rows);
+      }
+      if (cut > a) shares[t].push_back({gi, a, cut});
+      done += (cut - a) * weight(g);
+      a = cut;
+      if (a < g.a1 || done >= target) t = std::min(t + 1, nt - 1);
+    }
+  }
+  return shares;
+}
+
+// Runs fn(share) for every thread's share in one parallel region (on the calling thread when
+// the whole pass is small: then oneDNN may thread the GEMMs itself).
 template <typename F>
-void on_threads(int64_t work, F fn) {
-  const int64_t nt = work >= (int64_t(1) << 20) ? at::get_num_threads() : 1;
+void run_shares(const std::vector<MaskBlock>& groups, int64_t flops, F fn) {
+  const int64_t nt = flops >= (int64_t(1) << 22) ? at::get_num_threads() : 1;
+  auto shares = split_work(groups, nt, 16);
   if (nt <= 1) {
-    fn(0, 1);
+    fn(shares[0]);
     return;
   }
   at::parallel_for(0, nt, 1, [&](int64_t b, int64_t e) {
     // worker threads do not inherit the caller's "below autograd" dispatch state
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    for (int64_t t = b; t < e; ++t) fn(t, nt);
+    for (int64_t t = b; t < e; ++t) fn(shares[t]);
   });
 }
 
-// [lo, hi) of thread t's share of [a, b).
-inline std::array<int64_t, 2> share(int64_t a, int64_t b, int64_t t, int64_t nt) {
-  const int64_t len = b - a;
-  return {a + len * t / nt, a + len * (t + 1) / nt};
+// dst (r1 - r0, c1 - c0) contiguous = where(M, W, 0)[r0:r1, c0:c1]; w, m row-major, `ld` columns.
+template <typename T>
+void pack_masked(T* dst, const T* w, const bool* m, int64_t ld, int64_t r0, int64_t r1, int64_t c0,
+                 int64_t c1) {
+  const int64_t cw = c1 - c0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* wr = w + r * ld + c0;
+    const bool* mr = m + r * ld + c0;
+    T* d = dst + (r - r0) * cw;
+    for (int64_t c = 0; c < cw; ++c) d[c] = masked_weight<T>(wr[c], mr[c]);
+  }
 }
 
-// Wm = where(M, W, 0) on the rows [r0, r1) x columns [c0, c1) of each rectangle (disjoint: the
-// blocks of one layout), all that a pass of GEMMs over that layout reads. Rows split by thread.
-template <typename scalar_t>
-void fill_masked_weight(scalar_t* dst, const scalar_t* src, const bool* mask, int64_t cols,
-                        const std::vector<std::array<int64_t, 4>>& rects, int64_t t, int64_t nt) {
-  for (const auto& rc : rects) {
-    auto [r0, r1] = share(rc[0], rc[1], t, nt);
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = rc[2]; c < rc[3]; ++c)
-        dst[r * cols + c] = masked_weight<scalar_t>(src[r * cols + c], mask[r * cols + c]);
-  }
+at::Tensor packed_block(const at::Tensor& w, const at::Tensor& m, int64_t r0, int64_t r1, int64_t c0,
+                        int64_t c1) {
+  auto p = at::empty({r1 - r0, c1 - c0}, w.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, w.scalar_type(), "masked_linear_pack", [&] {
+    pack_masked<scalar_t>(p.mutable_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                          m.const_data_ptr<bool>(), w.size(1), r0, r1, c0, c1);
+  });
+  return p;
 }
 
 int64_t layout_work(const std::vector<MaskBlock>& blocks) {
@@ -72,31 +118,19 @@ at::Tensor masked_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in
   auto y = at::empty({n, out_f}, x_in.options());
   if (n == 0 || out_f == 0) return y;
   auto x = x_in.contiguous(), w = weight_in.contiguous(), m = mask_in.contiguous();
-  auto wm = at::empty_like(w);
-  std::vector<std::array<int64_t, 4>> rects;
-  for (const auto& g : rows) rects.push_back({g.a0, g.a1, g.b0, g.b1});
-  const int64_t work = layout_work(rows);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, w.scalar_type(), "masked_linear_cpu", [&] {
-    on_threads(work, [&](int64_t t, int64_t nt) {
-      fill_masked_weight<scalar_t>(wm.mutable_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                   m.const_data_ptr<bool>(), in_f, rects, t, nt);
-    });
-  });
-  // y[n0:n1, r0:r1] = x[n0:n1, c0:c1] Wm[r0:r1, c0:c1]^T + b[r0:r1], batch rows split by thread
-  on_threads(work * n, [&](int64_t t, int64_t nt) {
-    auto [n0, n1] = share(0, n, t, nt);
-    if (n1 <= n0) return;
-    for (const auto& g : rows) {
-      auto yv = y.narrow(0, n0, n1 - n0).narrow(1, g.a0, g.a1 - g.a0);
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) b = bias->contiguous();
+  run_shares(rows, layout_work(rows) * n, [&](const std::vector<Piece>& share) {
+    for (const auto& p : share) {
+      const auto& g = rows[p.g];
+      auto yv = y.narrow(1, p.a0, p.a1 - p.a0);
+      std::optional<at::Tensor> bv;
+      if (b.has_value()) bv = b->narrow(0, p.a0, p.a1 - p.a0);
       if (g.b1 > g.b0) {
-        auto xs = x.narrow(0, n0, n1 - n0).narrow(1, g.b0, g.b1 - g.b0);
-        auto ws = wm.narrow(0, g.a0, g.a1 - g.a0).narrow(1, g.b0, g.b1 - g.b0).t();
-        if (bias.has_value())
-          at::addmm_out(yv, bias->narrow(0, g.a0, g.a1 - g.a0), xs, ws);
-        else
-          at::mm_out(yv, xs, ws);
-      } else if (bias.has_value()) {
-        yv.copy_(bias->narrow(0, g.a0, g.a1 - g.a0).unsqueeze(0).expand_as(yv));
+        auto wp = packed_block(w, m, p.a0, p.a1, g.b0, g.b1);
+        yv.copy_(linear_nt(x.narrow(1, g.b0, g.b1 - g.b0), wp, bv));
+      } else if (bv.has_value()) {
+        yv.copy_(bv->unsqueeze(0).expand_as(yv));
       } else {
         yv.zero_();
       }
@@ -119,28 +153,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
   if (output_mask[0]) {
     gx = at::empty({n, in_f}, x.options());
     if (n > 0 && in_f > 0) {
-      // column group [c0, c1) reads Wm[r0:r1, c0:c1]: fill exactly those rectangles
-      std::vector<std::array<int64_t, 4>> rects;
-      for (const auto& g : cols) rects.push_back({g.b0, g.b1, g.a0, g.a1});
-      auto wm = at::empty_like(w);
-      const int64_t work = layout_work(cols);
-      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, w.scalar_type(), "masked_linear_grad_x_cpu", [&] {
-        on_threads(work, [&](int64_t t, int64_t nt) {
-          fill_masked_weight<scalar_t>(wm.mutable_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                       m.const_data_ptr<bool>(), in_f, rects, t, nt);
-        });
-      });
-      // gx[n0:n1, c0:c1] = gy[n0:n1, r0:r1] Wm[r0:r1, c0:c1], batch rows split by thread
-      on_threads(work * n, [&](int64_t t, int64_t nt) {
-        auto [n0, n1] = share(0, n, t, nt);
-        if (n1 <= n0) return;
-        for (const auto& g : cols) {
-          auto gxv = gx.narrow(0, n0, n1 - n0).narrow(1, g.a0, g.a1 - g.a0);
-          if (g.b1 > g.b0)
-            at::mm_out(gxv, gy.narrow(0, n0, n1 - n0).narrow(1, g.b0, g.b1 - g.b0),
-                       wm.narrow(0, g.b0, g.b1 - g.b0).narrow(1, g.a0, g.a1 - g.a0));
-          else
+      // column group [c0, c1) with row span [r0, r1): gx[:, c0:c1] = gy[:, r0:r1] Q, Q packed
+      // (r1 - r0, c1 - c0), i.e. linear_nt's b = Q^T, a transposed contiguous tensor
+      run_shares(cols, layout_work(cols) * n, [&](const std::vector<Piece>& share) {
+        for (const auto& p : share) {
+          const auto& g = cols[p.g];
+          auto gxv = gx.narrow(1, p.a0, p.a1 - p.a0);
+          if (g.b1 > g.b0) {
+            auto q = packed_block(w, m, g.b0, g.b1, p.a0, p.a1);
+            gxv.copy_(linear_nt(gy.narrow(1, g.b0, g.b1 - g.b0), q.t()));
+          } else {
             gxv.zero_();
+          }
         }
       });
     }
@@ -148,31 +172,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
   if (output_mask[1]) {
     gw = at::empty({out_f, in_f}, w.options());
     if (gw.numel() > 0) {
-      // gW[rows, c0:c1] = M ⊙ gy[:, rows]^T x[:, c0:c1] and 0 elsewhere, each thread owning a
-      // share of every row group's rows (GEMM, then the mask on the rows it just wrote)
-      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gw.scalar_type(), "masked_linear_grad_w_cpu", [&] {
-        scalar_t* p = gw.mutable_data_ptr<scalar_t>();
-        const bool* mp = m.const_data_ptr<bool>();
-        on_threads(layout_work(rows) * std::max<int64_t>(n, 1), [&](int64_t t, int64_t nt) {
-          for (const auto& g : rows) {
-            auto [r0, r1] = share(g.a0, g.a1, t, nt);
-            if (r1 <= r0) continue;
-            if (g.b1 > g.b0 && n > 0) {
-              auto gwv = gw.narrow(0, r0, r1 - r0).narrow(1, g.b0, g.b1 - g.b0);
-              at::mm_out(gwv, gy.narrow(1, r0, r1 - r0).t(), x.narrow(1, g.b0, g.b1 - g.b0));
+      // gy^T and x^T once: grad W's GEMM operands become row slices, (rows, n) and (span, n)
+      auto gyt = gy.t().contiguous(), xt = x.t().contiguous();
+      run_shares(rows, layout_work(rows) * std::max<int64_t>(n, 1), [&](const std::vector<Piece>& share) {
+        for (const auto& p : share) {
+          const auto& g = rows[p.g];
+          const int64_t span = g.b1 - g.b0;
+          at::Tensor prod;
+          if (span > 0) prod = linear_nt(gyt.narrow(0, p.a0, p.a1 - p.a0), xt.narrow(0, g.b0, span));
+          AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gw.scalar_type(), "masked_linear_grad_w_cpu", [&] {
+            scalar_t* out = gw.mutable_data_ptr<scalar_t>();
+            const bool* mp = m.const_data_ptr<bool>();
+            const scalar_t* pp = span > 0 ? prod.const_data_ptr<scalar_t>() : nullptr;
+            for (int64_t r = p.a0; r < p.a1; ++r) {
+              scalar_t* row = out + r * in_f;
+              std::fill(row, row + g.b0, scalar_t(0));
+              std::fill(row + g.b1, row + in_f, scalar_t(0));
+              const bool* keep = mp + r * in_f + g.b0;
+              const scalar_t* src = pp + (r - p.a0) * span;
+              scalar_t* dst = row + g.b0;
+              for (int64_t c = 0; c < span; ++c) dst[c] = masked_weight<scalar_t>(src[c], keep[c]);
             }
-            for (int64_t r = r0; r < r1; ++r) {
-              scalar_t* row = p + r * in_f;
-              const bool* keep = mp + r * in_f;
-              for (int64_t c = 0; c < g.b0; ++c) row[c] = scalar_t(0);
-              for (int64_t c = g.b1; c < in_f; ++c) row[c] = scalar_t(0);
-              if (n > 0)
-                for (int64_t c = g.b0; c < g.b1; ++c) row[c] = masked_weight<scalar_t>(row[c], keep[c]);
-              else
-                for (int64_t c = g.b0; c < g.b1; ++c) row[c] = scalar_t(0);
-            }
-          }
-        });
+          });
+        }
       });
     }
   }
