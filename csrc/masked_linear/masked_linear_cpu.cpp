@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "fastgen_cpu.h"
@@ -22,56 +23,78 @@
 namespace fastgen {
 namespace {
 
-// A thread's piece of a layout: rows [a0, a1) (of the partitioned dimension) of group g.
+// One GEMM's worth of a pass: rows [a0, a1) of the partitioned dimension of group g.
 struct Piece {
   int64_t g, a0, a1;
+  int64_t cost;  // its weight entries (rows x span); an empty span counts as 1 a row
+  int kind;      // which product of the pass it belongs to
 };
 
-// Cuts the groups into nt shares of about equal work (a-extent x b-span; an empty span counts
-// as 1 so its fill still lands somewhere), at multiples of `quant` rows inside a group.
-std::vector<std::vector<Piece>> split_work(const std::vector<MaskBlock>& groups, int64_t nt,
-                                           int64_t quant) {
-  std::vector<std::vector<Piece>> shares(nt);
-  auto weight = [](const MaskBlock& g) { return std::max<int64_t>(g.b1 - g.b0, 1); };
+// Cuts the groups into pieces of about total / (4 nt) work (at multiples of 16 rows, never
+// below 32): small enough for a thread that got the cores late to take a fair share, large
+// enough that a GEMM's fixed cost (about 10 us) stays small against it.
+void add_pieces(std::vector<Piece>& out, const std::vector<MaskBlock>& groups, int kind, int64_t nt) {
+  auto cost = [](const MaskBlock& g) { return std::max<int64_t>(g.b1 - g.b0, 1); };
   int64_t total = 0;
-  for (const auto& g : groups) total += (g.a1 - g.a0) * weight(g);
-  int64_t t = 0, done = 0;  // done: work handed out so far
+  for (const auto& g : groups) total += (g.a1 - g.a0) * cost(g);
+  const int64_t target = std::max<int64_t>(total / (4 * nt), 1);
   for (int64_t gi = 0; gi < (int64_t)groups.size(); ++gi) {
     const auto& g = groups[gi];
-    int64_t a = g.a0;
-    while (a < g.a1) {
-      // the end of thread t's share, in rows of this group
-      const int64_t target = total * (t + 1) / nt;
-      int64_t cut = g.a1;
-      if (t < nt - 1 && done + (g.a1 - a) * weight(g) > target) {
-        int64_t rows = (target - done + weight(g) - 1) / weight(g);
-        rows = (rows + quant / 2) / quant * quant;
-        cut = std::min(g.a1, a + rows);
-      }
-      if (cut > a) shares[t].push_back({gi, a, cut});
-      done += (cut - a) * weight(g);
-      a = cut;
-      if (a < g.a1 || done >= target) t = std::min(t + 1, nt - 1);
+    const int64_t len = g.a1 - g.a0;
+    const int64_t chunks = std::max<int64_t>(1, std::min(len / 32, len * cost(g) / target));
+    const int64_t step = std::max<int64_t>(16, (len / chunks + 15) / 16 * 16);
+    for (int64_t a = g.a0; a < g.a1; a += step) {
+      const int64_t e = std::min(g.a1, a + step);
+      out.push_back({gi, a, e, (e - a) * cost(g), kind});
     }
   }
-  return shares;
 }
 
-// Runs fn(share) for every thread's share in one parallel region (on the calling thread when
-// the whole pass is small: then oneDNN may thread the GEMMs itself).
+// Runs fn(piece) for every piece in one parallel region, largest first, each taken by whichever
+// thread is free (an atomic counter, not a static split): on a shared machine a thread that
+// starts late does less instead of holding everyone up, and the pass costs one fork/join
+// however many GEMMs it has. Small passes run on the calling thread (where oneDNN may thread
+// its GEMMs itself).
 template <typename F>
-void run_shares(const std::vector<MaskBlock>& groups, int64_t flops, F fn) {
-  const int64_t nt = flops >= (int64_t(1) << 22) ? at::get_num_threads() : 1;
-  auto shares = split_work(groups, nt, 16);
+void run_pieces(std::vector<Piece> pieces, int64_t macs, F fn) {
+  std::stable_sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) { return a.cost > b.cost; });
+  const int64_t nt = macs >= (int64_t(1) << 22) ? at::get_num_threads() : 1;
   if (nt <= 1) {
-    fn(shares[0]);
+    for (const auto& p : pieces) fn(p);
     return;
   }
-  at::parallel_for(0, nt, 1, [&](int64_t b, int64_t e) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, nt, 1, [&](int64_t, int64_t) {
     // worker threads do not inherit the caller's "below autograd" dispatch state
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    for (int64_t t = b; t < e; ++t) fn(shares[t]);
+    for (int64_t i = next++; i < (int64_t)pieces.size(); i = next++) fn(pieces[i]);
   });
+}
+
+// dst (cols, rows) = src (rows, cols)^T, in 16 x 16 tiles (ATen's copy of a transposed view
+// walks one side with a large stride); lds, ldd: row strides.
+template <typename T>
+void transpose(const T* src, int64_t lds, T* dst, int64_t ldd, int64_t rows, int64_t cols) {
+  constexpr int64_t B = 16;
+  for (int64_t i0 = 0; i0 < rows; i0 += B) {
+    const int64_t i1 = std::min(rows, i0 + B);
+    for (int64_t j0 = 0; j0 < cols; j0 += B) {
+      const int64_t j1 = std::min(cols, j0 + B);
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t i = i0; i < i1; ++i) dst[j * ldd + i] = src[i * lds + j];
+    }
+  }
+}
+
+// t (c1 - c0, n) = a[:, c0:c1]^T for a contiguous (n, cols)
+at::Tensor transposed_columns(const at::Tensor& a, int64_t c0, int64_t c1) {
+  const int64_t n = a.size(0);
+  auto t = at::empty({c1 - c0, n}, a.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, a.scalar_type(), "masked_linear_transpose", [&] {
+    transpose<scalar_t>(a.const_data_ptr<scalar_t>() + c0, a.size(1), t.mutable_data_ptr<scalar_t>(), n, n,
+                        c1 - c0);
+  });
+  return t;
 }
 
 // dst (r1 - r0, c1 - c0) contiguous = where(M, W, 0)[r0:r1, c0:c1]; w, m row-major, `ld` columns.
@@ -120,24 +143,27 @@ at::Tensor masked_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in
   auto x = x_in.contiguous(), w = weight_in.contiguous(), m = mask_in.contiguous();
   std::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->contiguous();
-  run_shares(rows, layout_work(rows) * n, [&](const std::vector<Piece>& share) {
-    for (const auto& p : share) {
-      const auto& g = rows[p.g];
-      auto yv = y.narrow(1, p.a0, p.a1 - p.a0);
-      std::optional<at::Tensor> bv;
-      if (b.has_value()) bv = b->narrow(0, p.a0, p.a1 - p.a0);
-      if (g.b1 > g.b0) {
-        auto wp = packed_block(w, m, p.a0, p.a1, g.b0, g.b1);
-        yv.copy_(linear_nt(x.narrow(1, g.b0, g.b1 - g.b0), wp, bv));
-      } else if (bv.has_value()) {
-        yv.copy_(bv->unsqueeze(0).expand_as(yv));
-      } else {
-        yv.zero_();
-      }
+  const int64_t nt = at::get_num_threads();
+  std::vector<Piece> pieces;
+  add_pieces(pieces, rows, 0, nt);
+  run_pieces(std::move(pieces), layout_work(rows) * n, [&](const Piece& p) {
+    const auto& g = rows[p.g];
+    auto yv = y.narrow(1, p.a0, p.a1 - p.a0);
+    std::optional<at::Tensor> bv;
+    if (b.has_value()) bv = b->narrow(0, p.a0, p.a1 - p.a0);
+    if (g.b1 > g.b0) {
+      auto wp = packed_block(w, m, p.a0, p.a1, g.b0, g.b1);
+      yv.copy_(linear_nt(x.narrow(1, g.b0, g.b1 - g.b0), wp, bv));
+    } else if (bv.has_value()) {
+      yv.copy_(bv->unsqueeze(0).expand_as(yv));
+    } else {
+      yv.zero_();
     }
   });
   return y;
 }
+
+enum PieceKind { kGradX = 0, kGradW = 1, kGradB = 2 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
     const at::Tensor& grad_y_in, const at::Tensor& x_in, const at::Tensor& weight_in,
@@ -150,55 +176,76 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
   auto gy = grad_y_in.contiguous(), x = x_in.contiguous(), w = weight_in.contiguous(), m = mask_in.contiguous();
   auto none = x.new_empty({0});
   at::Tensor gx = none, gw = none, gb = none;
+  // All three products in one parallel region (pieces of grad x by column group, of grad W by
+  // row group, grad b in column ranges): one fork/join for the whole backward.
+  const int64_t nt = at::get_num_threads();
+  std::vector<Piece> pieces;
+  int64_t macs = 0;
   if (output_mask[0]) {
     gx = at::empty({n, in_f}, x.options());
-    if (n > 0 && in_f > 0) {
-      // column group [c0, c1) with row span [r0, r1): gx[:, c0:c1] = gy[:, r0:r1] Q, Q packed
-      // (r1 - r0, c1 - c0), i.e. linear_nt's b = Q^T, a transposed contiguous tensor
-      run_shares(cols, layout_work(cols) * n, [&](const std::vector<Piece>& share) {
-        for (const auto& p : share) {
-          const auto& g = cols[p.g];
-          auto gxv = gx.narrow(1, p.a0, p.a1 - p.a0);
-          if (g.b1 > g.b0) {
-            auto q = packed_block(w, m, g.b0, g.b1, p.a0, p.a1);
-            gxv.copy_(linear_nt(gy.narrow(1, g.b0, g.b1 - g.b0), q.t()));
-          } else {
-            gxv.zero_();
-          }
-        }
-      });
-    }
+    if (n > 0) add_pieces(pieces, cols, kGradX, nt);
+    macs += layout_work(cols) * n;
   }
+  at::Tensor xt;  // x^T (in_f, n): grad W's right operand, row slices of it contiguous
   if (output_mask[1]) {
     gw = at::empty({out_f, in_f}, w.options());
-    if (gw.numel() > 0) {
-      // gy^T and x^T once: grad W's GEMM operands become row slices, (rows, n) and (span, n)
-      auto gyt = gy.t().contiguous(), xt = x.t().contiguous();
-      run_shares(rows, layout_work(rows) * std::max<int64_t>(n, 1), [&](const std::vector<Piece>& share) {
-        for (const auto& p : share) {
-          const auto& g = rows[p.g];
-          const int64_t span = g.b1 - g.b0;
-          at::Tensor prod;
-          if (span > 0) prod = linear_nt(gyt.narrow(0, p.a0, p.a1 - p.a0), xt.narrow(0, g.b0, span));
-          AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gw.scalar_type(), "masked_linear_grad_w_cpu", [&] {
-            scalar_t* out = gw.mutable_data_ptr<scalar_t>();
-            const bool* mp = m.const_data_ptr<bool>();
-            const scalar_t* pp = span > 0 ? prod.const_data_ptr<scalar_t>() : nullptr;
-            for (int64_t r = p.a0; r < p.a1; ++r) {
-              scalar_t* row = out + r * in_f;
-              std::fill(row, row + g.b0, scalar_t(0));
-              std::fill(row + g.b1, row + in_f, scalar_t(0));
-              const bool* keep = mp + r * in_f + g.b0;
-              const scalar_t* src = pp + (r - p.a0) * span;
-              scalar_t* dst = row + g.b0;
-              for (int64_t c = 0; c < span; ++c) dst[c] = masked_weight<scalar_t>(src[c], keep[c]);
-            }
-          });
-        }
-      });
-    }
+    add_pieces(pieces, rows, kGradW, nt);
+    macs += layout_work(rows) * n;
+    if (n > 0) xt = transposed_columns(x, 0, in_f);
   }
-  if (output_mask[2]) gb = n > 0 ? gy.sum(0) : at::zeros({out_f}, gy.options());
+  std::vector<MaskBlock> bias_cols;  // grad b: column ranges of gy, summed over the batch
+  if (output_mask[2]) {
+    gb = at::empty({out_f}, gy.options());
+    for (int64_t o = 0; o < out_f; o += 256) bias_cols.push_back({o, std::min(out_f, o + 256), 0, 1});
+    for (int64_t i = 0; i < (int64_t)bias_cols.size(); ++i)
+      pieces.push_back({i, bias_cols[i].a0, bias_cols[i].a1, 1, kGradB});
+  }
+  run_pieces(std::move(pieces), macs, [&](const Piece& p) {
+    if (p.kind == kGradX) {
+      // column group [c0, c1) with row span [r0, r1): gx[:, c0:c1] = gy[:, r0:r1] Q, Q packed
+      // (r1 - r0, c1 - c0), i.e. linear_nt's b = Q^T, a transposed contiguous tensor
+      const auto& g = cols[p.g];
+      auto gxv = gx.narrow(1, p.a0, p.a1 - p.a0);
+      if (g.b1 > g.b0) {
+        auto q = packed_block(w, m, g.b0, g.b1, p.a0, p.a1);
+        gxv.copy_(linear_nt(gy.narrow(1, g.b0, g.b1 - g.b0), q.t()));
+      } else {
+        gxv.zero_();
+      }
+      return;
+    }
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gy.scalar_type(), "masked_linear_backward_cpu", [&] {
+      if (p.kind == kGradB) {
+        // gb[o0:o1] = sum_n gy[n, o0:o1], accumulated in opmath (float for bf16)
+        using acc_t = at::opmath_type<scalar_t>;
+        std::vector<acc_t> acc(p.a1 - p.a0, acc_t(0));
+        const scalar_t* src = gy.const_data_ptr<scalar_t>();
+        for (int64_t r = 0; r < n; ++r)
+          for (int64_t o = p.a0; o < p.a1; ++o) acc[o - p.a0] += acc_t(src[r * out_f + o]);
+        scalar_t* dst = gb.mutable_data_ptr<scalar_t>();
+        for (int64_t o = p.a0; o < p.a1; ++o) dst[o] = scalar_t(acc[o - p.a0]);
+        return;
+      }
+      // grad W, rows [a0, a1) of a row group with span [b0, b1): the GEMM
+      // gy^T[a0:a1] x^T[b0:b1]^T, then the mask, zeros outside the span
+      const auto& g = rows[p.g];
+      const int64_t span = n > 0 ? g.b1 - g.b0 : 0;
+      at::Tensor prod;
+      if (span > 0) prod = linear_nt(transposed_columns(gy, p.a0, p.a1), xt.narrow(0, g.b0, span));
+      scalar_t* out = gw.mutable_data_ptr<scalar_t>();
+      const bool* mp = m.const_data_ptr<bool>();
+      const scalar_t* pp = span > 0 ? prod.const_data_ptr<scalar_t>() : nullptr;
+      for (int64_t r = p.a0; r < p.a1; ++r) {
+        scalar_t* row = out + r * in_f;
+        std::fill(row, row + g.b0, scalar_t(0));
+        std::fill(row + g.b0 + span, row + in_f, scalar_t(0));
+        const bool* keep = mp + r * in_f + g.b0;
+        const scalar_t* src = pp + (r - p.a0) * span;
+        scalar_t* dst = row + g.b0;
+        for (int64_t c = 0; c < span; ++c) dst[c] = masked_weight<scalar_t>(src[c], keep[c]);
+      }
+    });
+  });
   return {gx, gw, gb};
 }
 
