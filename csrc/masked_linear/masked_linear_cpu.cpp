@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <vector>
 
 #include "fastgen_cpu.h"
@@ -71,15 +72,20 @@ void run_pieces(std::vector<Piece> pieces, int64_t macs, F fn) {
   });
 }
 
-// dst (cols, rows) = src (rows, cols)^T, in 16 x 16 tiles (ATen's copy of a transposed view
-// walks one side with a large stride); lds, ldd: row strides.
+// dst (cols, rows) = src (rows, cols)^T; lds, ldd: row strides. Full 8 x 8 tiles through
+// at::vec::transpose_mxn (register shuffles for float), the edges element by element: ATen's copy
+// of a transposed view walks one side with a large stride, several times slower.
 template <typename T>
 void transpose(const T* src, int64_t lds, T* dst, int64_t ldd, int64_t rows, int64_t cols) {
-  constexpr int64_t B = 16;
+  constexpr int64_t B = 8;
   for (int64_t i0 = 0; i0 < rows; i0 += B) {
     const int64_t i1 = std::min(rows, i0 + B);
     for (int64_t j0 = 0; j0 < cols; j0 += B) {
       const int64_t j1 = std::min(cols, j0 + B);
+      if (i1 - i0 == B && j1 - j0 == B) {
+        at::vec::transpose_mxn<T, B, B>(src + i0 * lds + j0, lds, dst + j0 * ldd + i0, ldd);
+        continue;
+      }
       for (int64_t j = j0; j < j1; ++j)
         for (int64_t i = i0; i < i1; ++i) dst[j * ldd + i] = src[i * lds + j];
     }
@@ -97,17 +103,40 @@ at::Tensor transposed_columns(const at::Tensor& a, int64_t c0, int64_t c1) {
   return t;
 }
 
+// T's bits as an unsigned integer allowed to alias it: the select below is then a bitwise and,
+// which the compiler vectorizes (a branch on every bool it does not).
+template <typename T>
+struct SelectBits;
+template <>
+struct SelectBits<float> {
+  typedef uint32_t __attribute__((may_alias)) type;
+};
+template <>
+struct SelectBits<double> {
+  typedef uint64_t __attribute__((may_alias)) type;
+};
+template <>
+struct SelectBits<at::BFloat16> {
+  typedef uint16_t __attribute__((may_alias)) type;
+};
+
+// dst[c] = masked_weight(src[c], keep[c]) for c < len, bit for bit (+0 where masked, whatever
+// src holds there: inf and NaN included).
+template <typename T>
+inline void select_row(T* __restrict dst, const T* __restrict src, const bool* __restrict keep, int64_t len) {
+  using U = typename SelectBits<T>::type;
+  auto* d = reinterpret_cast<U*>(dst);
+  auto* s = reinterpret_cast<const U*>(src);
+  auto* k = reinterpret_cast<const uint8_t*>(keep);
+  for (int64_t c = 0; c < len; ++c) d[c] = s[c] & U(U(0) - U(k[c] != 0));
+}
+
 // dst (r1 - r0, c1 - c0) contiguous = where(M, W, 0)[r0:r1, c0:c1]; w, m row-major, `ld` columns.
 template <typename T>
 void pack_masked(T* dst, const T* w, const bool* m, int64_t ld, int64_t r0, int64_t r1, int64_t c0,
                  int64_t c1) {
   const int64_t cw = c1 - c0;
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* wr = w + r * ld + c0;
-    const bool* mr = m + r * ld + c0;
-    T* d = dst + (r - r0) * cw;
-    for (int64_t c = 0; c < cw; ++c) d[c] = masked_weight<T>(wr[c], mr[c]);
-  }
+  for (int64_t r = r0; r < r1; ++r) select_row<T>(dst + (r - r0) * cw, w + r * ld + c0, m + r * ld + c0, cw);
 }
 
 at::Tensor packed_block(const at::Tensor& w, const at::Tensor& m, int64_t r0, int64_t r1, int64_t c0,
@@ -239,10 +268,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
         scalar_t* row = out + r * in_f;
         std::fill(row, row + g.b0, scalar_t(0));
         std::fill(row + g.b0 + span, row + in_f, scalar_t(0));
-        const bool* keep = mp + r * in_f + g.b0;
-        const scalar_t* src = pp + (r - p.a0) * span;
-        scalar_t* dst = row + g.b0;
-        for (int64_t c = 0; c < span; ++c) dst[c] = masked_weight<scalar_t>(src[c], keep[c]);
+        if (span > 0) select_row<scalar_t>(row + g.b0, pp + (r - p.a0) * span, mp + r * in_f + g.b0, span);
       }
     });
   });
