@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "fastgen_cpu.h"
@@ -72,9 +73,10 @@ void run_pieces(std::vector<Piece> pieces, int64_t macs, F fn) {
   });
 }
 
-// dst (cols, rows) = src (rows, cols)^T; lds, ldd: row strides. Full 8 x 8 tiles through
-// at::vec::transpose_mxn (register shuffles for float), the edges element by element: ATen's copy
-// of a transposed view walks one side with a large stride, several times slower.
+// dst (cols, rows) = src (rows, cols)^T; lds, ldd: row strides. In 8 x 8 tiles (ATen's copy of a
+// transposed view walks one side with a large stride, several times slower); with AVX2 a full
+// float tile is at::vec::transpose_mxn's register shuffles (its AVX-512 version trips GCC 12's
+// -Wmaybe-uninitialized inside torch's header, so the AVX-512 build keeps the plain loop).
 template <typename T>
 void transpose(const T* src, int64_t lds, T* dst, int64_t ldd, int64_t rows, int64_t cols) {
   constexpr int64_t B = 8;
@@ -82,10 +84,14 @@ void transpose(const T* src, int64_t lds, T* dst, int64_t ldd, int64_t rows, int
     const int64_t i1 = std::min(rows, i0 + B);
     for (int64_t j0 = 0; j0 < cols; j0 += B) {
       const int64_t j1 = std::min(cols, j0 + B);
-      if (i1 - i0 == B && j1 - j0 == B) {
-        at::vec::transpose_mxn<T, B, B>(src + i0 * lds + j0, lds, dst + j0 * ldd + i0, ldd);
-        continue;
+#if defined(CPU_CAPABILITY_AVX2)
+      if constexpr (std::is_same_v<T, float>) {
+        if (i1 - i0 == B && j1 - j0 == B) {
+          at::vec::transpose_mxn<float, B, B>(src + i0 * lds + j0, lds, dst + j0 * ldd + i0, ldd);
+          continue;
+        }
       }
+#endif
       for (int64_t j = j0; j < j1; ++j)
         for (int64_t i = i0; i < i1; ++i) dst[j * ldd + i] = src[i * lds + j];
     }
