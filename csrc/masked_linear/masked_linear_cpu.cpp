@@ -1,15 +1,18 @@
 // CPU kernels of masked_linear (math: masked_linear.h). Every pass is a list of GEMMs, one per
-// block of the layout, through fastgen::linear_nt (oneDNN's AVX-512 brgemm for float32/bf16,
+// piece of a block of the layout, through fastgen::linear_nt (oneDNN's brgemm for float32/bf16,
 // about twice the at::mm that F.linear runs here; at::mm for float64) on contiguous operands:
-//   forward   y[:, r0:r1]  = x[:, c0:c1] P^T + b[r0:r1]     P = Wm[r0:r1, c0:c1] packed
-//   grad x    gx[:, c0:c1] = gy[:, r0:r1] Q                 Q = Wm[r0:r1, c0:c1] packed
-//   grad W    gW[r0:r1, :] = where(M, gy^T[r0:r1] x^T[c0:c1]^T, 0) on [c0, c1), 0 elsewhere
-// with Wm = where(M, W, 0) packed per block right before its GEMM (while it is in cache), and
-// gy^T, x^T transposed once so that grad W's operands are row slices (contiguous).
-// Threads: the blocks' work (rows x span) is cut into one contiguous share per thread, so every
-// GEMM is as large as the layout allows and runs single-threaded inside one parallel region:
-// one region per pass, not one OpenMP team per GEMM, which costs a barrier per call and splits
-// 128-row blocks too thinly for two cores.
+//   forward   y[:, r0:r1]  = x[:, c0:c1] P^T + b[r0:r1]              P = Wm[r0:r1, c0:c1]
+//   grad x    gx[:, c0:c1] = gy[:, r0:r1] Q                          Q = Wm[r0:r1, c0:c1]
+//   grad W    gW[r0:r1, c0:c1] = where(M, gy^T[r0:r1] x^T[c0:c1]^T, 0), 0 outside [c0, c1)
+//   grad b    gb = sum_n gy[n]
+// Wm = where(M, W, 0) is packed block by block right before its GEMM (P, Q contiguous, while in
+// cache) by a bitwise select equal to masked_weight; grad W's operands are row slices of x^T
+// (transposed once) and of gy^T (transposed piece by piece).
+// Threads: each pass (the forward; the whole backward) is one parallel region in which the
+// threads take pieces largest first from a shared counter and run their GEMMs single-threaded;
+// not one OpenMP team per GEMM, which costs a fork/join per call and splits a 128-row block
+// too thinly for two cores, and not a static split, which waits for a thread that got its core
+// late on a shared machine.
 #include <torch/library.h>
 
 #include <algorithm>
@@ -155,6 +158,8 @@ at::Tensor packed_block(const at::Tensor& w, const at::Tensor& m, int64_t r0, in
   return p;
 }
 
+enum PieceKind { kForward, kGradX, kGradW, kGradB };
+
 int64_t layout_work(const std::vector<MaskBlock>& blocks) {
   int64_t w = 0;
   for (const auto& g : blocks) w += (g.a1 - g.a0) * (g.b1 - g.b0);
@@ -180,7 +185,7 @@ at::Tensor masked_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in
   if (bias.has_value()) b = bias->contiguous();
   const int64_t nt = at::get_num_threads();
   std::vector<Piece> pieces;
-  add_pieces(pieces, rows, 0, nt);
+  add_pieces(pieces, rows, kForward, nt);
   run_pieces(std::move(pieces), layout_work(rows) * n, [&](const Piece& p) {
     const auto& g = rows[p.g];
     auto yv = y.narrow(1, p.a0, p.a1 - p.a0);
@@ -197,8 +202,6 @@ at::Tensor masked_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in
   });
   return y;
 }
-
-enum PieceKind { kGradX = 0, kGradW = 1, kGradB = 2 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
     const at::Tensor& grad_y_in, const at::Tensor& x_in, const at::Tensor& weight_in,
@@ -228,12 +231,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
     macs += layout_work(rows) * n;
     if (n > 0) xt = transposed_columns(x, 0, in_f);
   }
-  std::vector<MaskBlock> bias_cols;  // grad b: column ranges of gy, summed over the batch
-  if (output_mask[2]) {
+  if (output_mask[2]) {  // grad b: ranges of 256 columns of gy, each summed over the batch
     gb = at::empty({out_f}, gy.options());
-    for (int64_t o = 0; o < out_f; o += 256) bias_cols.push_back({o, std::min(out_f, o + 256), 0, 1});
-    for (int64_t i = 0; i < (int64_t)bias_cols.size(); ++i)
-      pieces.push_back({i, bias_cols[i].a0, bias_cols[i].a1, 1, kGradB});
+    for (int64_t o = 0; o < out_f; o += 256) pieces.push_back({0, o, std::min(out_f, o + 256), 1, kGradB});
   }
   run_pieces(std::move(pieces), macs, [&](const Piece& p) {
     if (p.kind == kGradX) {
