@@ -158,6 +158,29 @@ at::Tensor packed_block(const at::Tensor& w, const at::Tensor& m, int64_t r0, in
   return p;
 }
 
+// Products smaller than this many multiply-adds go to at::mm: oneDNN's fixed cost per call
+// (~10 us, measured) exceeds what its faster kernel saves on them, and outside a parallel region
+// it would also fork a thread team per call (batch-1 sampling through a MADE layer: ~16 calls).
+constexpr int64_t kOneDnnMinMacs = int64_t(1) << 20;
+
+// a (m, k) b (n, k)^T (+ bias) as a new contiguous tensor
+at::Tensor gemm_nt(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias = std::nullopt) {
+  if (a.size(0) * a.size(1) * b.size(0) >= kOneDnnMinMacs) return linear_nt(a, b, bias);
+  return bias.has_value() ? at::addmm(*bias, a, b.t()) : at::mm(a, b.t());
+}
+
+// out (m, n), a view of any strides, = a b^T (+ bias)
+void gemm_nt_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
+                  const std::optional<at::Tensor>& bias = std::nullopt) {
+  if (a.size(0) * a.size(1) * b.size(0) >= kOneDnnMinMacs) {
+    out.copy_(linear_nt(a, b, bias));
+  } else if (bias.has_value()) {
+    at::addmm_out(out, *bias, a, b.t());
+  } else {
+    at::mm_out(out, a, b.t());
+  }
+}
+
 enum PieceKind { kForward, kGradX, kGradW, kGradB };
 
 int64_t layout_work(const std::vector<MaskBlock>& blocks) {
@@ -193,7 +216,7 @@ at::Tensor masked_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in
     if (b.has_value()) bv = b->narrow(0, p.a0, p.a1 - p.a0);
     if (g.b1 > g.b0) {
       auto wp = packed_block(w, m, p.a0, p.a1, g.b0, g.b1);
-      yv.copy_(linear_nt(x.narrow(1, g.b0, g.b1 - g.b0), wp, bv));
+      gemm_nt_into(yv, x.narrow(1, g.b0, g.b1 - g.b0), wp, bv);
     } else if (bv.has_value()) {
       yv.copy_(bv->unsqueeze(0).expand_as(yv));
     } else {
@@ -243,7 +266,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
       auto gxv = gx.narrow(1, p.a0, p.a1 - p.a0);
       if (g.b1 > g.b0) {
         auto q = packed_block(w, m, g.b0, g.b1, p.a0, p.a1);
-        gxv.copy_(linear_nt(gy.narrow(1, g.b0, g.b1 - g.b0), q.t()));
+        gemm_nt_into(gxv, gy.narrow(1, g.b0, g.b1 - g.b0), q.t());
       } else {
         gxv.zero_();
       }
@@ -266,7 +289,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
       const auto& g = rows[p.g];
       const int64_t span = n > 0 ? g.b1 - g.b0 : 0;
       at::Tensor prod;
-      if (span > 0) prod = linear_nt(transposed_columns(gy, p.a0, p.a1), xt.narrow(0, g.b0, span));
+      if (span > 0) prod = gemm_nt(transposed_columns(gy, p.a0, p.a1), xt.narrow(0, g.b0, span));
       scalar_t* out = gw.mutable_data_ptr<scalar_t>();
       const bool* mp = m.const_data_ptr<bool>();
       const scalar_t* pp = span > 0 ? prod.const_data_ptr<scalar_t>() : nullptr;
