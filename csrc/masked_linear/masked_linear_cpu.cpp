@@ -31,7 +31,7 @@ namespace {
 // One GEMM's worth of a pass: rows [a0, a1) of the partitioned dimension of group g.
 struct Piece {
   int64_t g, a0, a1;
-  int64_t cost;  // its weight entries (rows x span); an empty span counts as 1 a row
+  int64_t cost;  // its weight entries, rows x span (an empty span counted as 1)
   int kind;      // which product of the pass it belongs to
 };
 
@@ -58,8 +58,8 @@ void add_pieces(std::vector<Piece>& out, const std::vector<MaskBlock>& groups, i
 // Runs fn(piece) for every piece in one parallel region, largest first, each taken by whichever
 // thread is free (an atomic counter, not a static split): on a shared machine a thread that
 // starts late does less instead of holding everyone up, and the pass costs one fork/join
-// however many GEMMs it has. Small passes run on the calling thread (where oneDNN may thread
-// its GEMMs itself).
+// however many GEMMs it has. Small passes run on the calling thread (their pieces are mostly
+// below kOneDnnMinMacs, i.e. at::mm, whose own size heuristics decide about threads).
 template <typename F>
 void run_pieces(std::vector<Piece> pieces, int64_t macs, F fn) {
   std::stable_sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) { return a.cost > b.cost; });
