@@ -163,16 +163,21 @@ at::Tensor packed_block(const at::Tensor& w, const at::Tensor& m, int64_t r0, in
 // it would also fork a thread team per call (batch-1 sampling through a MADE layer: ~16 calls).
 constexpr int64_t kOneDnnMinMacs = int64_t(1) << 20;
 
-// a (m, k) b (n, k)^T (+ bias) as a new contiguous tensor
-at::Tensor gemm_nt(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias = std::nullopt) {
-  if (a.size(0) * a.size(1) * b.size(0) >= kOneDnnMinMacs) return linear_nt(a, b, bias);
-  return bias.has_value() ? at::addmm(*bias, a, b.t()) : at::mm(a, b.t());
+inline bool use_onednn(const at::Tensor& a, const at::Tensor& b) {
+  return a.size(0) * a.size(1) * b.size(0) >= kOneDnnMinMacs && onednn_gemm(a.scalar_type());
 }
 
-// out (m, n), a view of any strides, = a b^T (+ bias)
+// a (m, k) b (n, k)^T (+ bias) as a new contiguous tensor
+at::Tensor gemm_nt(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias = std::nullopt) {
+  if (use_onednn(a, b)) return linear_nt(a, b, bias);
+  return (bias.has_value() ? at::addmm(*bias, a, b.t()) : at::mm(a, b.t())).contiguous();
+}
+
+// out (m, n), a view of any strides, = a b^T (+ bias); at::mm writes it in place (float64
+// always goes there)
 void gemm_nt_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
                   const std::optional<at::Tensor>& bias = std::nullopt) {
-  if (a.size(0) * a.size(1) * b.size(0) >= kOneDnnMinMacs) {
+  if (use_onednn(a, b)) {
     out.copy_(linear_nt(a, b, bias));
   } else if (bias.has_value()) {
     at::addmm_out(out, *bias, a, b.t());
