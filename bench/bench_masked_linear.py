@@ -8,7 +8,11 @@ output layer H -> D, and a dense mask (no blocks to skip: the overhead of the la
 Speedups are against the eager reference; the notes give the ratios against F.linear(x, W*M)
 and its torch.compile (the issue's floor: forward+backward at D=784, H=2048, batch 256 >= 1.5x
 the former and not slower than the latter) and the throughput as a fraction of a large sgemm
-measured in the same run (dense FLOPs). Quick mode: tiny sizes, no torch.compile.
+measured in the same run (dense FLOPs). Forward rows also run oneDNN's dense linear on W*M
+(mkldnn::_linear_pointwise, the GEMM engine fastgen's CPU kernel calls per block; it has no
+backward) and give each provider's ratio against it: F.linear's ratio to it is the engine's
+share of the gain, fastgen's the engine's and the block skipping's together.
+Quick mode: tiny sizes, no torch.compile.
 """
 import os
 import sys
@@ -42,6 +46,13 @@ def _linear_wm(x, w, m, b):
     return F.linear(x, w * m, b)
 
 
+def _onednn_linear_wm(x, w, m, b):
+    return torch.ops.mkldnn._linear_pointwise(x, w * m, b, "none", [], "")
+
+
+DNN = "oneDNN linear(x, W*M) (fwd only)"
+
+
 def _case(name, x, layer, repeats, gflops, with_compile=True):
     w, m, b = layer.weight, layer.mask, layer.bias
     mf = m.to(w.dtype)
@@ -69,12 +80,17 @@ def _case(name, x, layer, repeats, gflops, with_compile=True):
                 y.backward(gy)
                 x.grad = w.grad = b.grad = None
             return run
-        times = time_interleaved({k: wrap(f) for k, f in providers.items()}, repeats=repeats)
+        provs = {k: wrap(f) for k, f in providers.items()}
+        if mode == "fwd" and torch.backends.mkldnn.is_available() and w.dtype == torch.float32:
+            provs[DNN] = wrap(lambda: _onednn_linear_wm(x, w, mf, b))
+        times = time_interleaved(provs, repeats=repeats)
         base = times["eager reference"]
         for prov, t in times.items():
             note = f"{times['F.linear(x, W*M)'] / t:.2f}x vs F.linear(x, W*M)"
             if with_compile:
                 note += f", {times['torch.compile(F.linear(x, W*M))'] / t:.2f}x vs its torch.compile"
+            if DNN in times:
+                note += f", {times[DNN] / t:.2f}x vs oneDNN dense"
             if gflops:
                 note += f"; {passes * flops / t / 1e9 / gflops:.2f} of sgemm (dense flops)"
             if prov.startswith("torch.compile"):

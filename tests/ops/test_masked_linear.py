@@ -206,17 +206,51 @@ def test_compiled_op_rejects_a_foreign_layout():
         torch.ops.fastgen.masked_linear(x, w, m.float(), b, lay.row_blocks, lay.col_blocks)
 
 
+def _large_mask(kind):
+    if kind == "staircase":
+        return staircase_mask(1600, 1500)
+    if kind == "dense":           # one block: the kernel cuts it into several pieces
+        return torch.ones(1600, 1500, dtype=torch.bool)
+    m = staircase_mask(1600, 1500)  # blocks with empty spans: output rows and input columns unused
+    m[:300] = False
+    m[:, 1200:] = False
+    return m
+
+
 @pytest.mark.skipif(not _ext.AVAILABLE, reason="compiled extension not built")
-def test_large_problem_threaded_path_matches_reference():
+@pytest.mark.parametrize("kind", ["staircase", "dense", "blank rows and columns"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_large_problem_threaded_path_matches_reference(kind, dtype):
     """Big enough for the CPU kernel's multi-threaded passes (it runs small ones inline)."""
-    x, w, m, b = _inputs((48, 1500), 1600, torch.float32, requires_grad=True)
-    gy = torch.randn(48, 1600)
+    m = _large_mask(kind)
+    x, w, _, b = _inputs((48, 1500), 1600, dtype, requires_grad=True, mask=m)
+    gy = torch.randn(48, 1600, dtype=dtype)
     with fastgen.use_impl("cpp"):
         y = masked_linear(x, w, m, b, layout=mask_layout(m))
         g = torch.autograd.grad((y * gy).sum(), (x, w, b))
     y_ref = reference(x, w, m, b)
     g_ref = torch.autograd.grad((y_ref * gy).sum(), (x, w, b))
-    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-3)
+    tol = dict(rtol=1e-4, atol=1e-3) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(y, y_ref, **tol)
     for a, r in zip(g, g_ref):
-        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(a, r, **tol)
+    assert torch.all(g[1][~m] == 0)
+
+
+@pytest.mark.skipif(not _ext.AVAILABLE, reason="compiled extension not built")
+def test_large_problem_bf16_error_at_most_twice_reference():
+    m = staircase_mask(700, 600)
+    x, w, _, b = _inputs((64, 600), 700, torch.bfloat16, requires_grad=True, mask=m)
+    gy = torch.randn(64, 700, dtype=torch.bfloat16)
+    with fastgen.use_impl("cpp"):
+        y = masked_linear(x, w, m, b)
+        g = torch.autograd.grad((y * gy).sum(), (x, w, b))
+    y_ref = reference(x, w, m, b)
+    g_ref = torch.autograd.grad((y_ref * gy).sum(), (x, w, b))
+    xd, wd, bd = (t.detach().double().requires_grad_(True) for t in (x, w, b))
+    y_true = reference(xd, wd, m, bd)
+    g_true = torch.autograd.grad((y_true * gy.double()).sum(), (xd, wd, bd))
+    assert_close_bf16(y, y_ref, y_true)
+    for a, r, t in zip(g, g_ref, g_true):
+        assert_close_bf16(a, r, t)
     assert torch.all(g[1][~m] == 0)
