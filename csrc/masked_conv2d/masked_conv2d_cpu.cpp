@@ -17,9 +17,15 @@
 // Activations are channels-last (NHWC) throughout: oneDNN's native layout, no reorders, and
 // the layout the op's outputs promise. bf16 runs in float and rounds once at the end; float64
 // takes ATen's own (exact, slower) convolution.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
+#include <vector>
 
 #include "masked_conv2d/masked_conv2d_host.h"
 
@@ -30,24 +36,73 @@ constexpr auto kNHWC = at::MemoryFormat::ChannelsLast;
 
 at::ScalarType acc_type(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ? at::kFloat : t.scalar_type(); }
 
-// p (N, C, H + kh - 1, W + kw - 1) channels-last in dtype dt with p[r, c] = t[r + oy, c + ox]
-// (zero outside t): a valid (kh, kw) convolution of p gives outputs at t's H x W positions, its
-// tap (i, j) reading t[r + oy + i, c + ox + j]. One strided copy (also the NCHW -> NHWC
-// transpose and the dtype cast), zeros written on the border only.
-at::Tensor shifted_input(const at::Tensor& t, int64_t oy, int64_t ox, int64_t kh, int64_t kw, at::ScalarType dt) {
-  const int64_t h = t.size(2), w = t.size(3), hp = h + kh - 1, wp = w + kw - 1;
-  auto p = at::empty({t.size(0), t.size(1), hp, wp}, t.options().dtype(dt).memory_format(kNHWC));
-  const int64_t r0 = std::clamp<int64_t>(-oy, 0, hp), r1 = std::clamp<int64_t>(h - oy, r0, hp);
-  const int64_t c0 = std::clamp<int64_t>(-ox, 0, wp), c1 = std::clamp<int64_t>(w - ox, c0, wp);
-  if (r0 > 0) p.narrow(2, 0, r0).zero_();
-  if (r1 < hp) p.narrow(2, r1, hp - r1).zero_();
-  if (r1 > r0) {
-    auto rows = p.narrow(2, r0, r1 - r0);
-    if (c0 > 0) rows.narrow(3, 0, c0).zero_();
-    if (c1 < wp) rows.narrow(3, c1, wp - c1).zero_();
-    if (c1 > c0) rows.narrow(3, c0, c1 - c0).copy_(t.narrow(2, r0 + oy, r1 - r0).narrow(3, c0 + ox, c1 - c0));
+// Row rp of image n of shifted_input: wp pixels of c channels (NHWC), pixel q = t[n, :, r, q + ox]
+// for q in [q0, q1) and zero elsewhere. t is read through its strides: rows of contiguous
+// pixels (channels-last) are copied, rows of contiguous channels (NCHW) transposed on the way.
+template <typename S, typename D>
+void shifted_row(const S* t, int64_t s_c, int64_t s_w, int64_t c, int64_t wp, int64_t q0, int64_t q1, int64_t ox,
+                 D* out) {
+  std::fill(out, out + q0 * c, D(0));
+  std::fill(out + q1 * c, out + wp * c, D(0));
+  if (s_c == 1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const S* px = t + (q + ox) * s_w;
+      D* o = out + q * c;
+      for (int64_t k = 0; k < c; ++k) o[k] = static_cast<D>(px[k]);
+    }
+    return;
   }
-  return p;
+  // Transpose in blocks of 16 channels: each block's source rows are read once, sequentially,
+  // and its outputs are 16 neighbours of one pixel (the output row stays in L1).
+  constexpr int64_t kBlock = 16;
+  for (int64_t k0 = 0; k0 < c; k0 += kBlock) {
+    const int64_t kn = std::min(kBlock, c - k0);
+    for (int64_t q = q0; q < q1; ++q) {
+      const S* px = t + k0 * s_c + (q + ox) * s_w;
+      D* o = out + q * c + k0;
+      for (int64_t k = 0; k < kn; ++k) o[k] = static_cast<D>(px[k * s_c]);
+    }
+  }
+}
+
+// A shifted, zero-padded copy of t for a valid (kh, kw) convolution with outputs at t's H x W
+// positions, its tap (i, j) reading t[r + oy + i, c + ox + j]: p (N, C, H + kh - 1, W + kw - 1)
+// with p[r, c] = t[r + oy, c + ox] (zero outside t).
+struct Shift {
+  int64_t oy, ox, kh, kw;
+};
+
+// The shifted copies of t, channels-last in dtype dt, in one parallel pass over their rows: the
+// pad, the NCHW -> NHWC transpose and the dtype cast together (one parallel region, not one per
+// copy: on a loaded machine every region waits for its slowest thread).
+std::vector<at::Tensor> shifted_inputs(const at::Tensor& t, const std::vector<Shift>& shifts, at::ScalarType dt) {
+  const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3);
+  std::vector<at::Tensor> out;
+  std::vector<int64_t> first{0};  // the first global row of each copy
+  for (const Shift& s : shifts) {
+    out.push_back(at::empty({n, c, h + s.kh - 1, w + s.kw - 1}, t.options().dtype(dt).memory_format(kNHWC)));
+    first.push_back(first.back() + n * (h + s.kh - 1));
+  }
+  const int64_t s_n = t.stride(0), s_c = t.stride(1), s_h = t.stride(2), s_w = t.stride(3);
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>((w + 8) * c, 1));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.scalar_type(), "masked_conv2d_shift", [&] {
+    using S = scalar_t;
+    const S* src = t.const_data_ptr<S>();
+    AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_shift_out", [&] {
+      at::parallel_for(0, first.back(), grain, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          const size_t k = std::upper_bound(first.begin(), first.end(), i) - first.begin() - 1;
+          const Shift& s = shifts[k];
+          const int64_t hp = h + s.kh - 1, wp = w + s.kw - 1, j = i - first[k], r = j % hp + s.oy;
+          scalar_t* dst = out[k].mutable_data_ptr<scalar_t>() + j * wp * c;
+          const int64_t q0 = std::clamp<int64_t>(-s.ox, 0, wp), q1 = std::clamp<int64_t>(w - s.ox, q0, wp);
+          if (r < 0 || r >= h) std::fill(dst, dst + wp * c, scalar_t(0));
+          else shifted_row(src + (j / hp) * s_n + r * s_h, s_c, s_w, c, wp, q0, q1, s.ox, dst);
+        }
+      });
+    });
+  });
+  return out;
 }
 
 // The two kept rectangles of the weight (in dtype dt): T (Cout, Cin, ch, kw) and C (Cout, Cin,
@@ -64,12 +119,47 @@ Pieces weight_pieces(const at::Tensor& weight, const MaskedConvArgs& a, const at
   return p;
 }
 
-// Valid convolution (stride 1, no padding) of channels-last `input` with `kernel`.
-at::Tensor valid_conv(const at::Tensor& input, const at::Tensor& kernel, const std::optional<at::Tensor>& bias) {
-  return at::conv2d(input, kernel, bias);
+Shift top_shift(const MaskedConvArgs& a) { return {-a.ch, -a.cw, a.ch, a.kw}; }
+Shift centre_shift(const MaskedConvArgs& a) { return {0, -a.cw, 1, a.ncols}; }
+
+// oneDNN's convolution with the sum fused (the inductor's in-place op; out += conv), when torch has it.
+const c10::OperatorHandle* conv_add_op() {
+  static const std::optional<c10::OperatorHandle> op = []() -> std::optional<c10::OperatorHandle> {
+    if (!at::hasMKLDNN()) return std::nullopt;
+    return c10::Dispatcher::singleton().findSchema({"mkldnn::_convolution_pointwise_", "binary"});
+  }();
+  return op.has_value() ? &*op : nullptr;
 }
 
-// dL/dkernel of valid_conv(input, kernel) given dL/doutput.
+// out += valid (stride 1, unpadded) convolution of channels-last `input` with `kernel`; out is
+// channels-last. float32 adds inside oneDNN's kernel (no second pass over out), else add_.
+void conv_add_(at::Tensor& out, const at::Tensor& input, const at::Tensor& kernel) {
+  if (input.scalar_type() != at::kFloat || conv_add_op() == nullptr) {
+    out.add_(at::conv2d(input, kernel));
+    return;
+  }
+  torch::jit::Stack stack{out, input, kernel.contiguous(), c10::IValue(), std::vector<int64_t>{0, 0},
+                          std::vector<int64_t>{1, 1}, std::vector<int64_t>{1, 1}, int64_t{1}, std::string("add"),
+                          at::Scalar(1.0), c10::IValue(), c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+  conv_add_op()->callBoxed(stack);
+}
+
+// y (N, Cout, H, W) channels-last = bias + conv(top part) + conv(centre part), from the copies.
+at::Tensor two_part_conv(const at::Tensor* top_in, const at::Tensor& top_k, const at::Tensor* centre_in,
+                         const at::Tensor& centre_k, const std::optional<at::Tensor>& bias,
+                         const at::TensorOptions& opts, at::IntArrayRef shape) {
+  at::Tensor y;
+  if (top_in) y = at::conv2d(*top_in, top_k, bias).contiguous(kNHWC);
+  if (!y.defined()) {
+    y = at::empty(shape, opts.memory_format(kNHWC));
+    if (bias.has_value()) y.copy_(bias->view({1, -1, 1, 1}).expand_as(y));
+    else y.zero_();
+  }
+  if (centre_in) conv_add_(y, *centre_in, centre_k);
+  return y;
+}
+
+// dL/dkernel of the valid convolution conv2d(input, kernel) given dL/doutput.
 at::Tensor valid_conv_weight_grad(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& kernel) {
   return std::get<1>(at::convolution_backward(grad_out, input, kernel, std::nullopt, {1, 1}, {0, 0}, {1, 1}, false,
                                               {0, 0}, 1, {false, true, false}));
@@ -88,21 +178,15 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   const auto opts = x.options().dtype(dt);
   std::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->to(dt);
-  at::Tensor y;
-  if (a.n * a.h * a.w > 0) {
-    auto w = weight_pieces(weight, a, centre_mask(a, opts), dt);
-    if (w.top.defined()) y = valid_conv(shifted_input(x, -a.ch, -a.cw, a.ch, a.kw, dt), w.top, b);
-    if (w.centre.defined()) {
-      auto yc = valid_conv(shifted_input(x, 0, -a.cw, 1, a.ncols, dt), w.centre, y.defined() ? std::nullopt : b);
-      y = y.defined() ? y.add_(yc) : yc;
-    }
-  }
-  if (!y.defined()) {  // no pixels, or every tap masked: y = bias
-    y = at::empty({a.n, a.cout, a.h, a.w}, opts.memory_format(kNHWC));
-    if (b.has_value()) y.copy_(b->view({1, a.cout, 1, 1}).expand_as(y));
-    else y.zero_();
-  }
-  y = y.contiguous(kNHWC);  // (a no-op: oneDNN writes channels-last outputs for channels-last inputs)
+  const bool any = a.n * a.h * a.w > 0;
+  auto w = weight_pieces(weight, a, centre_mask(a, opts), dt);
+  std::vector<Shift> shifts;
+  if (any && w.top.defined()) shifts.push_back(top_shift(a));
+  if (any && w.centre.defined()) shifts.push_back(centre_shift(a));
+  auto xs = shifted_inputs(x, shifts, dt);
+  const bool top = any && w.top.defined(), centre = any && w.centre.defined();
+  auto y = two_part_conv(top ? &xs[0] : nullptr, w.top, centre ? &xs.back() : nullptr, w.centre, b, opts,
+                         {a.n, a.cout, a.h, a.w});
   return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type());
 }
 
@@ -116,34 +200,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
   const bool any = a.n * a.h * a.w > 0;
   auto cmask = centre_mask(a, opts);
   auto w = weight_pieces(weight, a, cmask, dt);
+  const bool top = any && w.top.defined(), centre = any && w.centre.defined();
+  // one pass over grad_y: its shifted copies for the input gradient, and itself channels-last
+  std::vector<Shift> shifts;
+  if (x_grad && top) shifts.push_back({1, -a.cw, a.ch, a.kw});
+  if (x_grad && centre) shifts.push_back({0, a.cw - a.ncols + 1, 1, a.ncols});
+  const bool plain = (weight_grad && any) || bias_grad;
+  if (plain) shifts.push_back({0, 0, 1, 1});
+  auto gys = shifted_inputs(grad_y, shifts, dt);
   at::Tensor gx = x.new_empty({0}), gw = weight.new_empty({0}), gb = weight.new_empty({0});
   if (x_grad) {
-    at::Tensor g;
-    if (any && w.top.defined())
-      g = valid_conv(shifted_input(grad_y, 1, -a.cw, a.ch, a.kw, dt), w.top.flip({2, 3}).transpose(0, 1), std::nullopt);
-    if (any && w.centre.defined()) {
-      auto gc = valid_conv(shifted_input(grad_y, 0, a.cw - a.ncols + 1, 1, a.ncols, dt),
-                           w.centre.flip({3}).transpose(0, 1), std::nullopt);
-      g = g.defined() ? g.add_(gc) : gc;
-    }
-    if (!g.defined()) g = at::zeros({a.n, a.cin, a.h, a.w}, opts.memory_format(kNHWC));
-    gx = g.contiguous(kNHWC).to(x.scalar_type());
+    auto g = two_part_conv(top ? &gys[0] : nullptr, top ? w.top.flip({2, 3}).transpose(0, 1) : at::Tensor(),
+                           centre ? &gys[top ? 1 : 0] : nullptr,
+                           centre ? w.centre.flip({3}).transpose(0, 1) : at::Tensor(), std::nullopt, opts,
+                           {a.n, a.cin, a.h, a.w});
+    gx = g.scalar_type() == x.scalar_type() ? g : g.to(x.scalar_type());
   }
-  at::Tensor gy;  // channels-last, in dt: the layout of the inputs it meets
-  if ((weight_grad && any) || bias_grad) gy = grad_y.to(dt).contiguous(kNHWC);
   if (weight_grad) {
     auto g = at::zeros({a.cout, a.cin, a.kh, a.kw}, opts);
-    if (any && w.top.defined())
-      g.narrow(2, 0, a.ch).copy_(valid_conv_weight_grad(gy, shifted_input(x, -a.ch, -a.cw, a.ch, a.kw, dt), w.top));
-    if (any && w.centre.defined()) {
-      auto gc = valid_conv_weight_grad(gy, shifted_input(x, 0, -a.cw, 1, a.ncols, dt), w.centre).select(2, 0);
+    std::vector<Shift> xshifts;
+    if (top) xshifts.push_back(top_shift(a));
+    if (centre) xshifts.push_back(centre_shift(a));
+    auto xs = shifted_inputs(x, xshifts, dt);
+    if (top) g.narrow(2, 0, a.ch).copy_(valid_conv_weight_grad(gys.back(), xs[0], w.top));
+    if (centre) {
+      auto gc = valid_conv_weight_grad(gys.back(), xs.back(), w.centre).select(2, 0);
       auto row = g.select(2, a.ch);
       if (a.cw > 0) row.narrow(2, 0, a.cw).copy_(gc.narrow(2, 0, a.cw));
       if (a.centre) row.select(2, a.cw).copy_(gc.select(2, a.cw) * cmask);
     }
     gw = g.to(weight.scalar_type());
   }
-  if (bias_grad) gb = gy.sum({0, 2, 3}).to(weight.scalar_type());
+  if (bias_grad) gb = gys.back().sum({0, 2, 3}).to(weight.scalar_type());
   return {gx, gw, gb};
 }
 
