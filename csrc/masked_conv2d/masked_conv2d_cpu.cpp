@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "masked_conv2d/masked_conv2d_host.h"
@@ -36,35 +37,6 @@ constexpr auto kNHWC = at::MemoryFormat::ChannelsLast;
 
 at::ScalarType acc_type(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ? at::kFloat : t.scalar_type(); }
 
-// Row rp of image n of shifted_input: wp pixels of c channels (NHWC), pixel q = t[n, :, r, q + ox]
-// for q in [q0, q1) and zero elsewhere. t is read through its strides: rows of contiguous
-// pixels (channels-last) are copied, rows of contiguous channels (NCHW) transposed on the way.
-template <typename S, typename D>
-void shifted_row(const S* t, int64_t s_c, int64_t s_w, int64_t c, int64_t wp, int64_t q0, int64_t q1, int64_t ox,
-                 D* out) {
-  std::fill(out, out + q0 * c, D(0));
-  std::fill(out + q1 * c, out + wp * c, D(0));
-  if (s_c == 1) {
-    for (int64_t q = q0; q < q1; ++q) {
-      const S* px = t + (q + ox) * s_w;
-      D* o = out + q * c;
-      for (int64_t k = 0; k < c; ++k) o[k] = static_cast<D>(px[k]);
-    }
-    return;
-  }
-  // Transpose in blocks of 16 channels: each block's source rows are read once, sequentially,
-  // and its outputs are 16 neighbours of one pixel (the output row stays in L1).
-  constexpr int64_t kBlock = 16;
-  for (int64_t k0 = 0; k0 < c; k0 += kBlock) {
-    const int64_t kn = std::min(kBlock, c - k0);
-    for (int64_t q = q0; q < q1; ++q) {
-      const S* px = t + k0 * s_c + (q + ox) * s_w;
-      D* o = out + q * c + k0;
-      for (int64_t k = 0; k < kn; ++k) o[k] = static_cast<D>(px[k * s_c]);
-    }
-  }
-}
-
 // A shifted, zero-padded copy of t for a valid (kh, kw) convolution with outputs at t's H x W
 // positions, its tap (i, j) reading t[r + oy + i, c + ox + j]: p (N, C, H + kh - 1, W + kw - 1)
 // with p[r, c] = t[r + oy, c + ox] (zero outside t).
@@ -72,32 +44,70 @@ struct Shift {
   int64_t oy, ox, kh, kw;
 };
 
-// The shifted copies of t, channels-last in dtype dt, in one parallel pass over their rows: the
-// pad, the NCHW -> NHWC transpose and the dtype cast together (one parallel region, not one per
-// copy: on a loaded machine every region waits for its slowest thread).
+// Source row t[n, :, r, :] as w pixels of c channels (NHWC) in dtype D, into buf; returns buf,
+// or the row itself when t is channels-last in D already. NCHW rows are transposed in blocks
+// of 16 channels: each source row is read once, sequentially, and the block stays in L1.
+template <typename S, typename D>
+const D* nhwc_row(const S* t, int64_t s_c, int64_t s_w, int64_t c, int64_t w, D* buf) {
+  if (s_c == 1) {
+    if constexpr (std::is_same_v<S, D>) {
+      if (s_w == c) return t;
+    }
+    for (int64_t q = 0; q < w; ++q)
+      for (int64_t k = 0; k < c; ++k) buf[q * c + k] = static_cast<D>(t[q * s_w + k]);
+    return buf;
+  }
+  constexpr int64_t kBlock = 16;
+  for (int64_t k0 = 0; k0 < c; k0 += kBlock) {
+    const int64_t kn = std::min(kBlock, c - k0);
+    for (int64_t q = 0; q < w; ++q) {
+      const S* px = t + k0 * s_c + q * s_w;
+      D* o = buf + q * c + k0;
+      for (int64_t k = 0; k < kn; ++k) o[k] = static_cast<D>(px[k * s_c]);
+    }
+  }
+  return buf;
+}
+
+// The shifted copies of t, channels-last in dtype dt, in one parallel pass over t's rows: each
+// source row is transposed (NCHW -> NHWC) and cast once, then copied into every copy's row it
+// lands in, that row's padding zeroed on the way. One parallel region, not one per copy (on a
+// loaded machine every region waits for its slowest thread).
 std::vector<at::Tensor> shifted_inputs(const at::Tensor& t, const std::vector<Shift>& shifts, at::ScalarType dt) {
   const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3);
   std::vector<at::Tensor> out;
-  std::vector<int64_t> first{0};  // the first global row of each copy
-  for (const Shift& s : shifts) {
+  for (const Shift& s : shifts)
     out.push_back(at::empty({n, c, h + s.kh - 1, w + s.kw - 1}, t.options().dtype(dt).memory_format(kNHWC)));
-    first.push_back(first.back() + n * (h + s.kh - 1));
-  }
   const int64_t s_n = t.stride(0), s_c = t.stride(1), s_h = t.stride(2), s_w = t.stride(3);
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>((w + 8) * c, 1));
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(w * c, 1));
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.scalar_type(), "masked_conv2d_shift", [&] {
     using S = scalar_t;
     const S* src = t.const_data_ptr<S>();
     AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_shift_out", [&] {
-      at::parallel_for(0, first.back(), grain, [&](int64_t b, int64_t e) {
+      using D = scalar_t;
+      at::parallel_for(0, n * h, grain, [&](int64_t b, int64_t e) {
+        std::vector<D> buf(w * c);
         for (int64_t i = b; i < e; ++i) {
-          const size_t k = std::upper_bound(first.begin(), first.end(), i) - first.begin() - 1;
-          const Shift& s = shifts[k];
-          const int64_t hp = h + s.kh - 1, wp = w + s.kw - 1, j = i - first[k], r = j % hp + s.oy;
-          scalar_t* dst = out[k].mutable_data_ptr<scalar_t>() + j * wp * c;
-          const int64_t q0 = std::clamp<int64_t>(-s.ox, 0, wp), q1 = std::clamp<int64_t>(w - s.ox, q0, wp);
-          if (r < 0 || r >= h) std::fill(dst, dst + wp * c, scalar_t(0));
-          else shifted_row(src + (j / hp) * s_n + r * s_h, s_c, s_w, c, wp, q0, q1, s.ox, dst);
+          const int64_t img = i / h, r = i % h;
+          const D* row = nhwc_row(src + img * s_n + r * s_h, s_c, s_w, c, w, buf.data());
+          for (size_t k = 0; k < shifts.size(); ++k) {
+            const Shift& s = shifts[k];
+            const int64_t hp = h + s.kh - 1, wp = w + s.kw - 1;
+            const int64_t q0 = std::clamp<int64_t>(-s.ox, 0, wp), q1 = std::clamp<int64_t>(w - s.ox, q0, wp);
+            D* base = out[k].mutable_data_ptr<D>() + img * hp * wp * c;
+            auto zero_rows = [&](int64_t r0, int64_t r1) {
+              if (r1 > r0) std::fill(base + r0 * wp * c, base + r1 * wp * c, D(0));
+            };
+            // the rows no source row lands in: zeroed by the first and the last source row
+            if (r == 0) zero_rows(0, std::min(hp, -s.oy));
+            if (r == h - 1) zero_rows(std::max<int64_t>(0, h - s.oy), hp);
+            const int64_t rp = r - s.oy;
+            if (rp < 0 || rp >= hp) continue;
+            D* dst = base + rp * wp * c;
+            std::fill(dst, dst + q0 * c, D(0));
+            std::copy(row + (q0 + s.ox) * c, row + (q1 + s.ox) * c, dst + q0 * c);
+            std::fill(dst + q1 * c, dst + wp * c, D(0));
+          }
         }
       });
     });
