@@ -1,22 +1,27 @@
 // CPU kernels of masked_conv2d: the mask's non-zero taps as two dense convolutions.
 //
 // The kept taps of a PixelCNN mask form two rectangles (masked_conv2d.h): the ch full rows
-// above the centre (T, ch x kw taps) and the centre row's first ncols taps (C, 1 x ncols, the
-// centre column times the channel mask when it is used). With x zero outside the image,
+// above the centre (T, ch x kw taps) and the centre row's first ncols taps (C, 1 x ncols, its
+// centre column only between the allowed channel pairs). With x zero outside the image,
 //   y[r, c]  = b + sum_{i<ch, j<kw} T[i, j] x[r - ch + i, c - cw + j] + sum_{j<ncols} C[j] x[r, c - cw + j]
 //   dx[r, c] = sum_{i<ch, j<kw} T[ch-1-i, kw-1-j]^T dy[r + 1 + i, c - cw + j]
 //            + sum_{j<ncols} C[ncols-1-j]^T dy[r, c + cw - ncols + 1 + j]
-//   dT[i, j] = sum_{n, r, c} dy[r, c] x[r - ch + i, c - cw + j]^T   (dC likewise; its centre
-//              column times the channel mask, so masked weights get exactly zero)
+//   dT[i, j] = sum_{n, r, c} dy[r, c] x[r - ch + i, c - cw + j]^T   (dC likewise, its centre
+//              column kept only between allowed pairs: every masked weight gets an exact zero)
 // Each sum is one *valid* (unpadded) convolution of a shifted, zero-padded copy of x or dy
-// (shifted_input) with the rectangle: H x W outputs exactly, nothing computed for a masked tap
-// and no masked input ever read. The convolutions run on ATen's CPU convolution, which is
-// oneDNN's AVX-512 jit kernel for float32 (about twice the AVX2 sgemm an im2col GEMM gets
-// here); the weight gradients on its convolution_backward. A 7x7 type-A mask keeps 24 of 49
-// taps, so forward and backward do half of the dense convolution's work on the same engine.
-// Activations are channels-last (NHWC) throughout: oneDNN's native layout, no reorders, and
-// the layout the op's outputs promise. bf16 runs in float and rounds once at the end; float64
-// takes ATen's own (exact, slower) convolution.
+// (Shift): H x W outputs exactly, nothing computed for a masked tap, no masked input ever read.
+// The convolutions run on ATen's CPU convolution, for float32 oneDNN's AVX-512 jit kernel
+// (about twice the AVX2 sgemm an im2col GEMM gets here), the centre part adding into the top
+// part's output inside oneDNN; the weight gradients on its convolution_backward. A 7x7 type-A
+// mask keeps 24 of 49 taps: half of the dense convolution's work, on the same engine.
+// Activations are channels-last (NHWC) throughout: oneDNN's native layout, no reorders, and the
+// layout the op's outputs promise. bf16 runs in float and rounds once at the end; float64 takes
+// ATen's own (exact, slower) convolution.
+//
+// Parallel regions are few on purpose: on a shared machine each one waits for its slowest
+// thread, about a scheduler time slice when a neighbour holds a core. So all copies of a call
+// are one region, the bias gradient is summed inside it, and the weight-sized work (kernel
+// rearrangement, gradient scatter) runs in plain serial loops, not in parallel ATen ops.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -39,9 +44,17 @@ at::ScalarType acc_type(const at::Tensor& t) { return t.scalar_type() == at::kBF
 
 // A shifted, zero-padded copy of t for a valid (kh, kw) convolution with outputs at t's H x W
 // positions, its tap (i, j) reading t[r + oy + i, c + ox + j]: p (N, C, H + kh - 1, W + kw - 1)
-// with p[r, c] = t[r + oy, c + ox] (zero outside t).
+// with p[r, c] = t[r + oy, c + ox] (zero outside t). kh = kw = 1 at no offset: t channels-last.
 struct Shift {
   int64_t oy, ox, kh, kw;
+};
+
+// One source tensor (N, C, H, W), its copies, and optionally its per-channel sum (double, C).
+struct CopyJob {
+  const at::Tensor* src;
+  std::vector<Shift> shifts;
+  std::vector<at::Tensor> out;
+  std::vector<double>* sums = nullptr;
 };
 
 // Source row t[n, :, r, :] as w pixels of c channels (NHWC) in dtype D, into buf; returns buf,
@@ -69,68 +82,133 @@ const D* nhwc_row(const S* t, int64_t s_c, int64_t s_w, int64_t c, int64_t w, D*
   return buf;
 }
 
-// The shifted copies of t, channels-last in dtype dt, in one parallel pass over t's rows: each
-// source row is transposed (NCHW -> NHWC) and cast once, then copied into every copy's row it
-// lands in, that row's padding zeroed on the way. One parallel region, not one per copy (on a
-// loaded machine every region waits for its slowest thread).
-std::vector<at::Tensor> shifted_inputs(const at::Tensor& t, const std::vector<Shift>& shifts, at::ScalarType dt) {
-  const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3);
-  std::vector<at::Tensor> out;
-  for (const Shift& s : shifts)
-    out.push_back(at::empty({n, c, h + s.kh - 1, w + s.kw - 1}, t.options().dtype(dt).memory_format(kNHWC)));
-  const int64_t s_n = t.stride(0), s_c = t.stride(1), s_h = t.stride(2), s_w = t.stride(3);
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(w * c, 1));
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.scalar_type(), "masked_conv2d_shift", [&] {
-    using S = scalar_t;
-    const S* src = t.const_data_ptr<S>();
-    AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_shift_out", [&] {
-      using D = scalar_t;
-      at::parallel_for(0, n * h, grain, [&](int64_t b, int64_t e) {
-        std::vector<D> buf(w * c);
-        for (int64_t i = b; i < e; ++i) {
-          const int64_t img = i / h, r = i % h;
-          const D* row = nhwc_row(src + img * s_n + r * s_h, s_c, s_w, c, w, buf.data());
-          for (size_t k = 0; k < shifts.size(); ++k) {
-            const Shift& s = shifts[k];
-            const int64_t hp = h + s.kh - 1, wp = w + s.kw - 1;
-            const int64_t q0 = std::clamp<int64_t>(-s.ox, 0, wp), q1 = std::clamp<int64_t>(w - s.ox, q0, wp);
-            D* base = out[k].mutable_data_ptr<D>() + img * hp * wp * c;
-            auto zero_rows = [&](int64_t r0, int64_t r1) {
-              if (r1 > r0) std::fill(base + r0 * wp * c, base + r1 * wp * c, D(0));
-            };
-            // the rows no source row lands in: zeroed by the first and the last source row
-            if (r == 0) zero_rows(0, std::min(hp, -s.oy));
-            if (r == h - 1) zero_rows(std::max<int64_t>(0, h - s.oy), hp);
-            const int64_t rp = r - s.oy;
-            if (rp < 0 || rp >= hp) continue;
-            D* dst = base + rp * wp * c;
-            std::fill(dst, dst + q0 * c, D(0));
-            std::copy(row + (q0 + s.ox) * c, row + (q1 + s.ox) * c, dst + q0 * c);
-            std::fill(dst + q1 * c, dst + wp * c, D(0));
-          }
-        }
-      });
-    });
-  });
-  return out;
+// Writes the copies of source row (img, r) of one job from its NHWC row: each copy's row it
+// lands in, with that row's padding, and the copy's rows no source row lands in (by the first
+// and the last source row).
+template <typename D>
+void scatter_row(const D* row, int64_t img, int64_t r, int64_t h, int64_t w, int64_t c, CopyJob& job) {
+  for (size_t k = 0; k < job.shifts.size(); ++k) {
+    const Shift& s = job.shifts[k];
+    const int64_t hp = h + s.kh - 1, wp = w + s.kw - 1;
+    const int64_t q0 = std::clamp<int64_t>(-s.ox, 0, wp), q1 = std::clamp<int64_t>(w - s.ox, q0, wp);
+    D* base = job.out[k].mutable_data_ptr<D>() + img * hp * wp * c;
+    auto zero_rows = [&](int64_t r0, int64_t r1) {
+      if (r1 > r0) std::fill(base + r0 * wp * c, base + r1 * wp * c, D(0));
+    };
+    if (r == 0) zero_rows(0, std::min(hp, -s.oy));
+    if (r == h - 1) zero_rows(std::max<int64_t>(0, h - s.oy), hp);
+    const int64_t rp = r - s.oy;
+    if (rp < 0 || rp >= hp) continue;
+    D* dst = base + rp * wp * c;
+    std::fill(dst, dst + q0 * c, D(0));
+    std::copy(row + (q0 + s.ox) * c, row + (q1 + s.ox) * c, dst + q0 * c);
+    std::fill(dst + q1 * c, dst + wp * c, D(0));
+  }
 }
 
-// The two kept rectangles of the weight (in dtype dt): T (Cout, Cin, ch, kw) and C (Cout, Cin,
-// 1, ncols) with the centre column masked; undefined when empty.
-struct Pieces {
+// All jobs' copies (channels-last, dtype dt) in one parallel pass over the sources' rows, each
+// source row transposed and cast once. The sources share N, H and W.
+void make_copies(std::vector<CopyJob>& jobs, at::ScalarType dt) {
+  if (std::all_of(jobs.begin(), jobs.end(), [](const CopyJob& j) { return j.shifts.empty() && !j.sums; })) return;
+  const at::Tensor& t0 = *jobs[0].src;
+  const int64_t n = t0.size(0), h = t0.size(2), w = t0.size(3), rows = n * h;
+  int64_t width = 1;
+  for (auto& job : jobs) {
+    const int64_t c = job.src->size(1);
+    width = std::max(width, w * c);
+    for (const Shift& s : job.shifts)
+      job.out.push_back(at::empty({n, c, h + s.kh - 1, w + s.kw - 1}, t0.options().dtype(dt).memory_format(kNHWC)));
+    if (job.sums) job.sums->assign(c, 0.0);
+  }
+  const int threads = at::get_num_threads();
+  std::vector<std::vector<double>> partial(jobs.size() * threads);
+  AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_copies", [&] {
+    using D = scalar_t;
+    at::parallel_for(0, rows * static_cast<int64_t>(jobs.size()), std::max<int64_t>(1, 32768 / width),
+                     [&](int64_t b, int64_t e) {
+      std::vector<D> buf(width);
+      for (int64_t i = b; i < e; ++i) {
+        CopyJob& job = jobs[i / rows];
+        if (job.shifts.empty() && !job.sums) continue;
+        const at::Tensor& t = *job.src;
+        const int64_t img = (i % rows) / h, r = i % h, c = t.size(1);
+        const D* row = nullptr;
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.scalar_type(), "masked_conv2d_row", [&] {
+          row = nhwc_row(t.const_data_ptr<scalar_t>() + img * t.stride(0) + r * t.stride(2), t.stride(1), t.stride(3),
+                         c, w, buf.data());
+        });
+        scatter_row(row, img, r, h, w, c, job);
+        if (job.sums) {
+          auto& acc = partial[(i / rows) * threads + at::get_thread_num()];
+          if (acc.empty()) acc.assign(c, 0.0);
+          for (int64_t q = 0; q < w; ++q)
+            for (int64_t k = 0; k < c; ++k) acc[k] += static_cast<double>(row[q * c + k]);
+        }
+      }
+    });
+  });
+  for (size_t j = 0; j < jobs.size(); ++j)
+    for (int tid = 0; tid < threads; ++tid)
+      for (size_t k = 0; k < partial[j * threads + tid].size(); ++k) (*jobs[j].sums)[k] += partial[j * threads + tid][k];
+}
+
+// The two kept rectangles of the weight in dtype dt, contiguous: T (Cout, Cin, ch, kw) and C
+// (Cout, Cin, 1, ncols), the centre column zero between masked pairs (a select, not a multiply);
+// `flipped`: the input-gradient kernels T[ch-1-i, kw-1-j]^T (Cin, Cout, ch, kw) and C[ncols-1-j]^T.
+// Undefined when empty. Serial loops: a few hundred kB.
+struct Kernels {
   at::Tensor top, centre;
 };
 
-Pieces weight_pieces(const at::Tensor& weight, const MaskedConvArgs& a, const at::Tensor& cmask, at::ScalarType dt) {
-  auto w = weight.to(dt);
-  Pieces p;
-  if (a.ch > 0) p.top = w.narrow(2, 0, a.ch);
-  if (a.ncols > 0) p.centre = centre_row(w, a, cmask).unsqueeze(2);
-  return p;
+Kernels kept_kernels(const at::Tensor& weight, const MaskedConvArgs& a, at::ScalarType dt, bool flipped) {
+  auto w = weight.to(dt).contiguous();
+  Kernels k;
+  const int64_t o_n = flipped ? a.cin : a.cout, i_n = flipped ? a.cout : a.cin;
+  if (a.ch > 0) k.top = at::empty({o_n, i_n, a.ch, a.kw}, w.options());
+  if (a.ncols > 0) k.centre = at::empty({o_n, i_n, 1, a.ncols}, w.options());
+  AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_kernels", [&] {
+    const scalar_t* src = w.const_data_ptr<scalar_t>();
+    scalar_t* top = k.top.defined() ? k.top.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* centre = k.centre.defined() ? k.centre.mutable_data_ptr<scalar_t>() : nullptr;
+    for (int64_t o = 0; o < a.cout; ++o)
+      for (int64_t ci = 0; ci < a.cin; ++ci) {
+        const scalar_t* wk = src + (o * a.cin + ci) * a.kh * a.kw;
+        const int64_t pair = flipped ? ci * a.cout + o : o * a.cin + ci;
+        for (int i = 0; i < a.ch; ++i)
+          for (int j = 0; j < a.kw; ++j) {
+            const int ii = flipped ? a.ch - 1 - i : i, jj = flipped ? a.kw - 1 - j : j;
+            top[(pair * a.ch + ii) * a.kw + jj] = wk[i * a.kw + j];
+          }
+        for (int j = 0; j < a.ncols; ++j) {
+          const bool kept = j < a.cw || centre_allowed(o, ci, a.cout, a.cin, a.groups, a.type_a);
+          centre[pair * a.ncols + (flipped ? a.ncols - 1 - j : j)] = kept ? wk[a.ch * a.kw + j] : scalar_t(0);
+        }
+      }
+  });
+  return k;
 }
 
-Shift top_shift(const MaskedConvArgs& a) { return {-a.ch, -a.cw, a.ch, a.kw}; }
-Shift centre_shift(const MaskedConvArgs& a) { return {0, -a.cw, 1, a.ncols}; }
+// The weight gradient (Cout, Cin, kh, kw) in dtype dt from the rectangles' gradients: zero on
+// every masked tap (and the centre between masked pairs). Serial, like kept_kernels.
+at::Tensor scatter_weight_grad(const at::Tensor& g_top, const at::Tensor& g_centre, const MaskedConvArgs& a,
+                               const at::TensorOptions& opts) {
+  auto gw = at::empty({a.cout, a.cin, a.kh, a.kw}, opts);
+  auto gt = g_top.defined() ? g_top.contiguous() : g_top, gc = g_centre.defined() ? g_centre.contiguous() : g_centre;
+  AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "masked_conv2d_scatter", [&] {
+    scalar_t* dst = gw.mutable_data_ptr<scalar_t>();
+    for (int64_t o = 0; o < a.cout; ++o)
+      for (int64_t ci = 0; ci < a.cin; ++ci) {
+        scalar_t* g = dst + (o * a.cin + ci) * a.kh * a.kw;
+        std::fill(g, g + a.kh * a.kw, scalar_t(0));
+        const int64_t pair = o * a.cin + ci;
+        if (gt.defined()) std::copy_n(gt.const_data_ptr<scalar_t>() + pair * a.ch * a.kw, a.ch * a.kw, g);
+        for (int j = 0; gc.defined() && j < a.ncols; ++j)
+          if (j < a.cw || centre_allowed(o, ci, a.cout, a.cin, a.groups, a.type_a))
+            g[a.ch * a.kw + j] = gc.const_data_ptr<scalar_t>()[pair * a.ncols + j];
+      }
+  });
+  return gw;
+}
 
 // oneDNN's convolution with the sum fused (the inductor's in-place op; out += conv), when torch has it.
 const c10::OperatorHandle* conv_add_op() {
@@ -148,24 +226,25 @@ void conv_add_(at::Tensor& out, const at::Tensor& input, const at::Tensor& kerne
     out.add_(at::conv2d(input, kernel));
     return;
   }
-  torch::jit::Stack stack{out, input, kernel.contiguous(), c10::IValue(), std::vector<int64_t>{0, 0},
+  torch::jit::Stack stack{out, input, kernel, c10::IValue(), std::vector<int64_t>{0, 0},
                           std::vector<int64_t>{1, 1}, std::vector<int64_t>{1, 1}, int64_t{1}, std::string("add"),
                           at::Scalar(1.0), c10::IValue(), c10::List<std::optional<at::Scalar>>(), c10::IValue()};
   conv_add_op()->callBoxed(stack);
 }
 
-// y (N, Cout, H, W) channels-last = bias + conv(top part) + conv(centre part), from the copies.
-at::Tensor two_part_conv(const at::Tensor* top_in, const at::Tensor& top_k, const at::Tensor* centre_in,
-                         const at::Tensor& centre_k, const std::optional<at::Tensor>& bias,
-                         const at::TensorOptions& opts, at::IntArrayRef shape) {
+// (N, Cout, H, W) channels-last: bias + conv(top copy, k.top) + conv(centre copy, k.centre),
+// the parts that exist (copies undefined otherwise).
+at::Tensor two_part_conv(const at::Tensor& top_in, const at::Tensor& centre_in, const Kernels& k,
+                         const std::optional<at::Tensor>& bias, const at::TensorOptions& opts,
+                         at::IntArrayRef shape) {
   at::Tensor y;
-  if (top_in) y = at::conv2d(*top_in, top_k, bias).contiguous(kNHWC);
+  if (top_in.defined()) y = at::conv2d(top_in, k.top, bias).contiguous(kNHWC);
   if (!y.defined()) {
     y = at::empty(shape, opts.memory_format(kNHWC));
     if (bias.has_value()) y.copy_(bias->view({1, -1, 1, 1}).expand_as(y));
     else y.zero_();
   }
-  if (centre_in) conv_add_(y, *centre_in, centre_k);
+  if (centre_in.defined()) conv_add_(y, centre_in, k.centre);
   return y;
 }
 
@@ -173,6 +252,14 @@ at::Tensor two_part_conv(const at::Tensor* top_in, const at::Tensor& top_k, cons
 at::Tensor valid_conv_weight_grad(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& kernel) {
   return std::get<1>(at::convolution_backward(grad_out, input, kernel, std::nullopt, {1, 1}, {0, 0}, {1, 1}, false,
                                               {0, 0}, 1, {false, true, false}));
+}
+
+// The copies of x the forward convolutions (and the weight gradient) read.
+std::vector<Shift> forward_shifts(const MaskedConvArgs& a, bool top, bool centre) {
+  std::vector<Shift> s;
+  if (top) s.push_back({-a.ch, -a.cw, a.ch, a.kw});
+  if (centre) s.push_back({0, -a.cw, 1, a.ncols});
+  return s;
 }
 
 at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -185,18 +272,15 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
                 a.cout, ",); got ", bias->sizes());
   }
   const auto dt = acc_type(x);
-  const auto opts = x.options().dtype(dt);
   std::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->to(dt);
-  const bool any = a.n * a.h * a.w > 0;
-  auto w = weight_pieces(weight, a, centre_mask(a, opts), dt);
-  std::vector<Shift> shifts;
-  if (any && w.top.defined()) shifts.push_back(top_shift(a));
-  if (any && w.centre.defined()) shifts.push_back(centre_shift(a));
-  auto xs = shifted_inputs(x, shifts, dt);
-  const bool top = any && w.top.defined(), centre = any && w.centre.defined();
-  auto y = two_part_conv(top ? &xs[0] : nullptr, w.top, centre ? &xs.back() : nullptr, w.centre, b, opts,
-                         {a.n, a.cout, a.h, a.w});
+  const bool any = a.n * a.h * a.w > 0, top = any && a.ch > 0, centre = any && a.ncols > 0;
+  auto k = kept_kernels(weight, a, dt, false);
+  std::vector<CopyJob> jobs;
+  if (top || centre) jobs.push_back({&x, forward_shifts(a, top, centre)});
+  make_copies(jobs, dt);
+  auto y = two_part_conv(top ? jobs[0].out[0] : at::Tensor(), centre ? jobs[0].out.back() : at::Tensor(), k, b,
+                         x.options().dtype(dt), {a.n, a.cout, a.h, a.w});
   return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type());
 }
 
@@ -207,41 +291,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto dt = acc_type(x);
   const auto opts = x.options().dtype(dt);
-  const bool any = a.n * a.h * a.w > 0;
-  auto cmask = centre_mask(a, opts);
-  auto w = weight_pieces(weight, a, cmask, dt);
-  const bool top = any && w.top.defined(), centre = any && w.centre.defined();
-  // one pass over grad_y: its shifted copies for the input gradient, and itself channels-last
-  std::vector<Shift> shifts;
-  if (x_grad && top) shifts.push_back({1, -a.cw, a.ch, a.kw});
-  if (x_grad && centre) shifts.push_back({0, a.cw - a.ncols + 1, 1, a.ncols});
-  const bool plain = (weight_grad && any) || bias_grad;
-  if (plain) shifts.push_back({0, 0, 1, 1});
-  auto gys = shifted_inputs(grad_y, shifts, dt);
+  const bool any = a.n * a.h * a.w > 0, top = any && a.ch > 0, centre = any && a.ncols > 0;
+  // one pass over grad_y and x: grad_y's copies for the input gradient, grad_y channels-last
+  // (with its channel sums, the bias gradient) and x's copies for the weight gradient
+  std::vector<CopyJob> jobs;
+  jobs.reserve(2);  // (gy stays valid)
+  CopyJob& gy = jobs.emplace_back(CopyJob{&grad_y});
+  if (x_grad && top) gy.shifts.push_back({1, -a.cw, a.ch, a.kw});
+  if (x_grad && centre) gy.shifts.push_back({0, a.cw - a.ncols + 1, 1, a.ncols});
+  const bool wg = weight_grad && (top || centre);
+  if (wg) gy.shifts.push_back({0, 0, 1, 1});
+  std::vector<double> gb_sums;
+  if (bias_grad) gy.sums = &gb_sums;
+  if (wg) jobs.push_back({&x, forward_shifts(a, top, centre)});
+  make_copies(jobs, dt);
   at::Tensor gx = x.new_empty({0}), gw = weight.new_empty({0}), gb = weight.new_empty({0});
   if (x_grad) {
-    auto g = two_part_conv(top ? &gys[0] : nullptr, top ? w.top.flip({2, 3}).transpose(0, 1) : at::Tensor(),
-                           centre ? &gys[top ? 1 : 0] : nullptr,
-                           centre ? w.centre.flip({3}).transpose(0, 1) : at::Tensor(), std::nullopt, opts,
-                           {a.n, a.cin, a.h, a.w});
+    auto g = two_part_conv(top ? gy.out[0] : at::Tensor(), centre ? gy.out[top ? 1 : 0] : at::Tensor(),
+                           kept_kernels(weight, a, dt, true), std::nullopt, opts, {a.n, a.cin, a.h, a.w});
     gx = g.scalar_type() == x.scalar_type() ? g : g.to(x.scalar_type());
   }
   if (weight_grad) {
-    auto g = at::zeros({a.cout, a.cin, a.kh, a.kw}, opts);
-    std::vector<Shift> xshifts;
-    if (top) xshifts.push_back(top_shift(a));
-    if (centre) xshifts.push_back(centre_shift(a));
-    auto xs = shifted_inputs(x, xshifts, dt);
-    if (top) g.narrow(2, 0, a.ch).copy_(valid_conv_weight_grad(gys.back(), xs[0], w.top));
-    if (centre) {
-      auto gc = valid_conv_weight_grad(gys.back(), xs.back(), w.centre).select(2, 0);
-      auto row = g.select(2, a.ch);
-      if (a.cw > 0) row.narrow(2, 0, a.cw).copy_(gc.narrow(2, 0, a.cw));
-      if (a.centre) row.select(2, a.cw).copy_(gc.select(2, a.cw) * cmask);
+    at::Tensor g_top, g_centre;
+    if (wg) {
+      auto k = kept_kernels(weight, a, dt, false);
+      const at::Tensor& gy_nhwc = jobs[0].out.back();
+      if (top) g_top = valid_conv_weight_grad(gy_nhwc, jobs[1].out[0], k.top);
+      if (centre) g_centre = valid_conv_weight_grad(gy_nhwc, jobs[1].out.back(), k.centre);
     }
-    gw = g.to(weight.scalar_type());
+    gw = scatter_weight_grad(g_top, g_centre, a, opts).to(weight.scalar_type());
   }
-  if (bias_grad) gb = gys.back().sum({0, 2, 3}).to(weight.scalar_type());
+  if (bias_grad) {
+    gb = at::empty({a.cout}, weight.options().dtype(at::kDouble));
+    std::copy(gb_sums.begin(), gb_sums.end(), gb.mutable_data_ptr<double>());
+    if (gb_sums.empty()) gb.zero_();
+    gb = gb.to(weight.scalar_type());
+  }
   return {gx, gw, gb};
 }
 
