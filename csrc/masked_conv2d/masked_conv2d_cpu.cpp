@@ -152,59 +152,66 @@ void make_copies(std::vector<CopyJob>& jobs, at::ScalarType dt) {
       for (size_t k = 0; k < partial[j * threads + tid].size(); ++k) (*jobs[j].sums)[k] += partial[j * threads + tid][k];
 }
 
-// The two kept rectangles of the weight in dtype dt, contiguous: T (Cout, Cin, ch, kw) and C
-// (Cout, Cin, 1, ncols), the centre column zero between masked pairs (a select, not a multiply);
-// `flipped`: the input-gradient kernels T[ch-1-i, kw-1-j]^T (Cin, Cout, ch, kw) and C[ncols-1-j]^T.
-// Undefined when empty. Serial loops: a few hundred kB.
+// The two kept rectangles of the weight in dtype dt: T (Cout, Cin, ch, kw) and C (Cout, Cin,
+// 1, ncols), the centre column zero between masked pairs (a select, not a multiply); `flipped`:
+// the input-gradient kernels T[ch-1-i, kw-1-j]^T (Cin, Cout, ch, kw) and C[ncols-1-j]^T.
+// Channels-last like the activations (ATen's oneDNN path would copy them to it in a parallel
+// region of its own). Undefined when empty. Serial loops: a few hundred kB.
 struct Kernels {
   at::Tensor top, centre;
 };
 
+// Element (o, i, y, x) of a 4-d tensor's data through its strides.
+template <typename T>
+T& at4(T* p, const at::Tensor& t, int64_t o, int64_t i, int64_t y, int64_t x) {
+  return p[o * t.stride(0) + i * t.stride(1) + y * t.stride(2) + x * t.stride(3)];
+}
+
 Kernels kept_kernels(const at::Tensor& weight, const MaskedConvArgs& a, at::ScalarType dt, bool flipped) {
-  auto w = weight.to(dt).contiguous();
+  auto w = weight.to(dt);
   Kernels k;
+  const auto opts = w.options().memory_format(kNHWC);
   const int64_t o_n = flipped ? a.cin : a.cout, i_n = flipped ? a.cout : a.cin;
-  if (a.ch > 0) k.top = at::empty({o_n, i_n, a.ch, a.kw}, w.options());
-  if (a.ncols > 0) k.centre = at::empty({o_n, i_n, 1, a.ncols}, w.options());
+  if (a.ch > 0) k.top = at::empty({o_n, i_n, a.ch, a.kw}, opts);
+  if (a.ncols > 0) k.centre = at::empty({o_n, i_n, 1, a.ncols}, opts);
   AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_kernels", [&] {
     const scalar_t* src = w.const_data_ptr<scalar_t>();
     scalar_t* top = k.top.defined() ? k.top.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* centre = k.centre.defined() ? k.centre.mutable_data_ptr<scalar_t>() : nullptr;
     for (int64_t o = 0; o < a.cout; ++o)
       for (int64_t ci = 0; ci < a.cin; ++ci) {
-        const scalar_t* wk = src + (o * a.cin + ci) * a.kh * a.kw;
-        const int64_t pair = flipped ? ci * a.cout + o : o * a.cin + ci;
+        const int64_t p = flipped ? ci : o, q = flipped ? o : ci;
         for (int i = 0; i < a.ch; ++i)
-          for (int j = 0; j < a.kw; ++j) {
-            const int ii = flipped ? a.ch - 1 - i : i, jj = flipped ? a.kw - 1 - j : j;
-            top[(pair * a.ch + ii) * a.kw + jj] = wk[i * a.kw + j];
-          }
+          for (int j = 0; j < a.kw; ++j)
+            at4(top, k.top, p, q, flipped ? a.ch - 1 - i : i, flipped ? a.kw - 1 - j : j) = at4(src, w, o, ci, i, j);
         for (int j = 0; j < a.ncols; ++j) {
           const bool kept = j < a.cw || centre_allowed(o, ci, a.cout, a.cin, a.groups, a.type_a);
-          centre[pair * a.ncols + (flipped ? a.ncols - 1 - j : j)] = kept ? wk[a.ch * a.kw + j] : scalar_t(0);
+          at4(centre, k.centre, p, q, 0, flipped ? a.ncols - 1 - j : j) = kept ? at4(src, w, o, ci, a.ch, j) : scalar_t(0);
         }
       }
   });
   return k;
 }
 
-// The weight gradient (Cout, Cin, kh, kw) in dtype dt from the rectangles' gradients: zero on
-// every masked tap (and the centre between masked pairs). Serial, like kept_kernels.
-at::Tensor scatter_weight_grad(const at::Tensor& g_top, const at::Tensor& g_centre, const MaskedConvArgs& a,
+// The weight gradient (Cout, Cin, kh, kw), contiguous in dtype dt, from the rectangles'
+// gradients (any strides): zero on every masked tap (and the centre between masked pairs).
+// Serial, like kept_kernels.
+at::Tensor scatter_weight_grad(const at::Tensor& gt, const at::Tensor& gc, const MaskedConvArgs& a,
                                const at::TensorOptions& opts) {
   auto gw = at::empty({a.cout, a.cin, a.kh, a.kw}, opts);
-  auto gt = g_top.defined() ? g_top.contiguous() : g_top, gc = g_centre.defined() ? g_centre.contiguous() : g_centre;
   AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "masked_conv2d_scatter", [&] {
     scalar_t* dst = gw.mutable_data_ptr<scalar_t>();
+    const scalar_t* top = gt.defined() ? gt.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* centre = gc.defined() ? gc.const_data_ptr<scalar_t>() : nullptr;
     for (int64_t o = 0; o < a.cout; ++o)
       for (int64_t ci = 0; ci < a.cin; ++ci) {
         scalar_t* g = dst + (o * a.cin + ci) * a.kh * a.kw;
         std::fill(g, g + a.kh * a.kw, scalar_t(0));
-        const int64_t pair = o * a.cin + ci;
-        if (gt.defined()) std::copy_n(gt.const_data_ptr<scalar_t>() + pair * a.ch * a.kw, a.ch * a.kw, g);
-        for (int j = 0; gc.defined() && j < a.ncols; ++j)
+        for (int i = 0; top && i < a.ch; ++i)
+          for (int j = 0; j < a.kw; ++j) g[i * a.kw + j] = at4(top, gt, o, ci, i, j);
+        for (int j = 0; centre && j < a.ncols; ++j)
           if (j < a.cw || centre_allowed(o, ci, a.cout, a.cin, a.groups, a.type_a))
-            g[a.ch * a.kw + j] = gc.const_data_ptr<scalar_t>()[pair * a.ncols + j];
+            g[a.ch * a.kw + j] = at4(centre, gc, o, ci, 0, j);
       }
   });
   return gw;
