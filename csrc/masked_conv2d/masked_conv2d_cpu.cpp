@@ -26,6 +26,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -59,7 +61,7 @@ struct CopyJob {
 
 // Source row t[n, :, r, :] as w pixels of c channels (NHWC) in dtype D, into buf; returns buf,
 // or the row itself when t is channels-last in D already. NCHW rows are transposed in blocks
-// of 16 channels: each source row is read once, sequentially, and the block stays in L1.
+// of channels: each source row is read once, sequentially, and the block stays in L1.
 template <typename S, typename D>
 const D* nhwc_row(const S* t, int64_t s_c, int64_t s_w, int64_t c, int64_t w, D* buf) {
   if (s_c == 1) {
@@ -70,8 +72,20 @@ const D* nhwc_row(const S* t, int64_t s_c, int64_t s_w, int64_t c, int64_t w, D*
       for (int64_t k = 0; k < c; ++k) buf[q * c + k] = static_cast<D>(t[q * s_w + k]);
     return buf;
   }
+  int64_t k_done = 0;
+  if constexpr (std::is_same_v<S, float> && std::is_same_v<D, float>) {
+    if (s_w == 1) {  // NCHW float: 8 x 8 register transposes (at::vec), the ragged edges below
+      const int64_t q8 = w / 8 * 8;
+      for (; k_done + 8 <= c; k_done += 8) {
+        for (int64_t q = 0; q < q8; q += 8)
+          at::vec::transpose_mxn<float, 8, 8>(t + k_done * s_c + q, s_c, buf + q * c + k_done, c);
+        for (int64_t q = q8; q < w; ++q)
+          for (int64_t k = k_done; k < k_done + 8; ++k) buf[q * c + k] = t[k * s_c + q];
+      }
+    }
+  }
   constexpr int64_t kBlock = 16;
-  for (int64_t k0 = 0; k0 < c; k0 += kBlock) {
+  for (int64_t k0 = k_done; k0 < c; k0 += kBlock) {
     const int64_t kn = std::min(kBlock, c - k0);
     for (int64_t q = 0; q < w; ++q) {
       const S* px = t + k0 * s_c + q * s_w;
@@ -110,6 +124,7 @@ void scatter_row(const D* row, int64_t img, int64_t r, int64_t h, int64_t w, int
 // source row transposed and cast once. The sources share N, H and W.
 void make_copies(std::vector<CopyJob>& jobs, at::ScalarType dt) {
   if (std::all_of(jobs.begin(), jobs.end(), [](const CopyJob& j) { return j.shifts.empty() && !j.sums; })) return;
+  RECORD_FUNCTION("fastgen::masked_conv2d_copies", std::vector<c10::IValue>());  // (a profiler row)
   const at::Tensor& t0 = *jobs[0].src;
   const int64_t n = t0.size(0), h = t0.size(2), w = t0.size(3), rows = n * h;
   int64_t width = 1;
