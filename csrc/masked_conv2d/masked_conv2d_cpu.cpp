@@ -9,32 +9,38 @@
 //   dT[i, j] = sum_{n, r, c} dy[r, c] x[r - ch + i, c - cw + j]^T   (dC likewise, its centre
 //              column kept only between allowed pairs: every masked weight gets an exact zero)
 // Each sum is one *valid* (unpadded) convolution of a shifted, zero-padded copy of x or dy
-// (Shift): H x W outputs exactly, nothing computed for a masked tap, no masked input ever read.
-// The convolutions run on ATen's CPU convolution, for float32 oneDNN's AVX-512 jit kernel
-// (about twice the AVX2 sgemm an im2col GEMM gets here), the centre part adding into the top
-// part's output inside oneDNN; the weight gradients on its convolution_backward. A 7x7 type-A
-// mask keeps 24 of 49 taps: half of the dense convolution's work, on the same engine.
-// Activations are channels-last (NHWC) throughout: oneDNN's native layout, no reorders, and the
-// layout the op's outputs promise. bf16 runs in float and rounds once at the end; float64 takes
-// ATen's own (exact, slower) convolution.
+// (masked_conv2d_cpu_shift.h): exact output size, nothing computed for a masked tap, no masked
+// input ever read. The convolutions run on ATen's CPU convolution, for float32 oneDNN's
+// AVX-512 jit kernel (about twice the AVX2 sgemm an im2col GEMM gets here), adding into the
+// output inside oneDNN; the weight gradients on its convolution_backward. A 7x7 type-A mask
+// keeps 24 of 49 taps: half of the dense convolution's work, on the same engine.
+// Activations are channels-last (NHWC): oneDNN's native layout, no reorders, and the layout the
+// op's outputs promise. bf16 runs in float and rounds once at the end; float64 takes ATen's own
+// (exact, slower) convolution.
 //
-// Parallel regions are few on purpose: on a shared machine each one waits for its slowest
-// thread, about a scheduler time slice when a neighbour holds a core. So all copies of a call
-// are one region, the bias gradient is summed inside it, and the weight-sized work (kernel
-// rearrangement, gradient scatter) runs in plain serial loops, not in parallel ATen ops.
-#include <ATen/Dispatch.h>
+// Threading: the output rows are cut into chunks (a few per thread: whole images, or bands of
+// one), and each thread takes the next chunk when done with one and runs its copies and
+// convolutions single-threaded (oneDNN does inside a parallel region). One parallel region per
+// call instead of one per copy and per oneDNN primitive (about 16 per forward+backward): on a
+// shared machine every region waits for its slowest thread, about a scheduler time slice when
+// a neighbour holds a core, and a thread that loses its core here just takes fewer chunks.
+// A chunk's copies stay in cache for its convolutions. Weight-sized work (kernel rearrangement,
+// gradient scatter and sums) runs in serial loops.
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
-#include <ATen/cpu/vec/vec.h>
-#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <optional>
-#include <type_traits>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "masked_conv2d/masked_conv2d_cpu_shift.h"
 #include "masked_conv2d/masked_conv2d_host.h"
 
 namespace fastgen {
@@ -43,129 +49,6 @@ namespace {
 constexpr auto kNHWC = at::MemoryFormat::ChannelsLast;
 
 at::ScalarType acc_type(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ? at::kFloat : t.scalar_type(); }
-
-// A shifted, zero-padded copy of t for a valid (kh, kw) convolution with outputs at t's H x W
-// positions, its tap (i, j) reading t[r + oy + i, c + ox + j]: p (N, C, H + kh - 1, W + kw - 1)
-// with p[r, c] = t[r + oy, c + ox] (zero outside t). kh = kw = 1 at no offset: t channels-last.
-struct Shift {
-  int64_t oy, ox, kh, kw;
-};
-
-// One source tensor (N, C, H, W), its copies, and optionally its per-channel sum (double, C).
-struct CopyJob {
-  const at::Tensor* src;
-  std::vector<Shift> shifts;
-  std::vector<at::Tensor> out;
-  std::vector<double>* sums = nullptr;
-};
-
-// Source row t[n, :, r, :] as w pixels of c channels (NHWC) in dtype D, into buf; returns buf,
-// or the row itself when t is channels-last in D already. NCHW rows are transposed in blocks
-// of channels: each source row is read once, sequentially, and the block stays in L1.
-template <typename S, typename D>
-const D* nhwc_row(const S* t, int64_t s_c, int64_t s_w, int64_t c, int64_t w, D* buf) {
-  if (s_c == 1) {
-    if constexpr (std::is_same_v<S, D>) {
-      if (s_w == c) return t;
-    }
-    for (int64_t q = 0; q < w; ++q)
-      for (int64_t k = 0; k < c; ++k) buf[q * c + k] = static_cast<D>(t[q * s_w + k]);
-    return buf;
-  }
-  int64_t k_done = 0;
-  if constexpr (std::is_same_v<S, float> && std::is_same_v<D, float>) {
-    if (s_w == 1) {  // NCHW float: 8 x 8 register transposes (at::vec), the ragged edges below
-      const int64_t q8 = w / 8 * 8;
-      for (; k_done + 8 <= c; k_done += 8) {
-        for (int64_t q = 0; q < q8; q += 8)
-          at::vec::transpose_mxn<float, 8, 8>(t + k_done * s_c + q, s_c, buf + q * c + k_done, c);
-        for (int64_t q = q8; q < w; ++q)
-          for (int64_t k = k_done; k < k_done + 8; ++k) buf[q * c + k] = t[k * s_c + q];
-      }
-    }
-  }
-  constexpr int64_t kBlock = 16;
-  for (int64_t k0 = k_done; k0 < c; k0 += kBlock) {
-    const int64_t kn = std::min(kBlock, c - k0);
-    for (int64_t q = 0; q < w; ++q) {
-      const S* px = t + k0 * s_c + q * s_w;
-      D* o = buf + q * c + k0;
-      for (int64_t k = 0; k < kn; ++k) o[k] = static_cast<D>(px[k * s_c]);
-    }
-  }
-  return buf;
-}
-
-// Writes the copies of source row (img, r) of one job from its NHWC row: each copy's row it
-// lands in, with that row's padding, and the copy's rows no source row lands in (by the first
-// and the last source row).
-template <typename D>
-void scatter_row(const D* row, int64_t img, int64_t r, int64_t h, int64_t w, int64_t c, CopyJob& job) {
-  for (size_t k = 0; k < job.shifts.size(); ++k) {
-    const Shift& s = job.shifts[k];
-    const int64_t hp = h + s.kh - 1, wp = w + s.kw - 1;
-    const int64_t q0 = std::clamp<int64_t>(-s.ox, 0, wp), q1 = std::clamp<int64_t>(w - s.ox, q0, wp);
-    D* base = job.out[k].mutable_data_ptr<D>() + img * hp * wp * c;
-    auto zero_rows = [&](int64_t r0, int64_t r1) {
-      if (r1 > r0) std::fill(base + r0 * wp * c, base + r1 * wp * c, D(0));
-    };
-    if (r == 0) zero_rows(0, std::min(hp, -s.oy));
-    if (r == h - 1) zero_rows(std::max<int64_t>(0, h - s.oy), hp);
-    const int64_t rp = r - s.oy;
-    if (rp < 0 || rp >= hp) continue;
-    D* dst = base + rp * wp * c;
-    std::fill(dst, dst + q0 * c, D(0));
-    std::copy(row + (q0 + s.ox) * c, row + (q1 + s.ox) * c, dst + q0 * c);
-    std::fill(dst + q1 * c, dst + wp * c, D(0));
-  }
-}
-
-// All jobs' copies (channels-last, dtype dt) in one parallel pass over the sources' rows, each
-// source row transposed and cast once. The sources share N, H and W.
-void make_copies(std::vector<CopyJob>& jobs, at::ScalarType dt) {
-  if (std::all_of(jobs.begin(), jobs.end(), [](const CopyJob& j) { return j.shifts.empty() && !j.sums; })) return;
-  RECORD_FUNCTION("fastgen::masked_conv2d_copies", std::vector<c10::IValue>());  // (a profiler row)
-  const at::Tensor& t0 = *jobs[0].src;
-  const int64_t n = t0.size(0), h = t0.size(2), w = t0.size(3), rows = n * h;
-  int64_t width = 1;
-  for (auto& job : jobs) {
-    const int64_t c = job.src->size(1);
-    width = std::max(width, w * c);
-    for (const Shift& s : job.shifts)
-      job.out.push_back(at::empty({n, c, h + s.kh - 1, w + s.kw - 1}, t0.options().dtype(dt).memory_format(kNHWC)));
-    if (job.sums) job.sums->assign(c, 0.0);
-  }
-  const int threads = at::get_num_threads();
-  std::vector<std::vector<double>> partial(jobs.size() * threads);
-  AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_copies", [&] {
-    using D = scalar_t;
-    at::parallel_for(0, rows * static_cast<int64_t>(jobs.size()), std::max<int64_t>(1, 32768 / width),
-                     [&](int64_t b, int64_t e) {
-      std::vector<D> buf(width);
-      for (int64_t i = b; i < e; ++i) {
-        CopyJob& job = jobs[i / rows];
-        if (job.shifts.empty() && !job.sums) continue;
-        const at::Tensor& t = *job.src;
-        const int64_t img = (i % rows) / h, r = i % h, c = t.size(1);
-        const D* row = nullptr;
-        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.scalar_type(), "masked_conv2d_row", [&] {
-          row = nhwc_row(t.const_data_ptr<scalar_t>() + img * t.stride(0) + r * t.stride(2), t.stride(1), t.stride(3),
-                         c, w, buf.data());
-        });
-        scatter_row(row, img, r, h, w, c, job);
-        if (job.sums) {
-          auto& acc = partial[(i / rows) * threads + at::get_thread_num()];
-          if (acc.empty()) acc.assign(c, 0.0);
-          for (int64_t q = 0; q < w; ++q)
-            for (int64_t k = 0; k < c; ++k) acc[k] += static_cast<double>(row[q * c + k]);
-        }
-      }
-    });
-  });
-  for (size_t j = 0; j < jobs.size(); ++j)
-    for (int tid = 0; tid < threads; ++tid)
-      for (size_t k = 0; k < partial[j * threads + tid].size(); ++k) (*jobs[j].sums)[k] += partial[j * threads + tid][k];
-}
 
 // The two kept rectangles of the weight in dtype dt: T (Cout, Cin, ch, kw) and C (Cout, Cin,
 // 1, ncols), the centre column zero between masked pairs (a select, not a multiply); `flipped`:
@@ -254,29 +137,74 @@ void conv_add_(at::Tensor& out, const at::Tensor& input, const at::Tensor& kerne
   conv_add_op()->callBoxed(stack);
 }
 
-// (N, Cout, H, W) channels-last: bias + conv(top copy, k.top) + conv(centre copy, k.centre),
-// the parts that exist (copies undefined otherwise).
-at::Tensor two_part_conv(const at::Tensor& top_in, const at::Tensor& centre_in, const Kernels& k,
-                         const std::optional<at::Tensor>& bias, const at::TensorOptions& opts,
-                         at::IntArrayRef shape) {
-  at::Tensor y;
-  if (top_in.defined()) y = at::conv2d(top_in, k.top, bias).contiguous(kNHWC);
-  if (!y.defined()) {
-    y = at::empty(shape, opts.memory_format(kNHWC));
-    if (bias.has_value()) y.copy_(bias->view({1, -1, 1, 1}).expand_as(y));
-    else y.zero_();
-  }
-  if (centre_in.defined()) conv_add_(y, centre_in, k.centre);
-  return y;
-}
-
 // dL/dkernel of the valid convolution conv2d(input, kernel) given dL/doutput.
 at::Tensor valid_conv_weight_grad(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& kernel) {
   return std::get<1>(at::convolution_backward(grad_out, input, kernel, std::nullopt, {1, 1}, {0, 0}, {1, 1}, false,
                                               {0, 0}, 1, {false, true, false}));
 }
 
-// The copies of x the forward convolutions (and the weight gradient) read.
+// Chunks of about total / (4 threads) output pixels (at least ~1k): whole images when an image
+// is smaller, else bands of rows of one image.
+std::vector<Chunk> make_chunks(int64_t n, int64_t h, int64_t w) {
+  std::vector<Chunk> chunks;
+  if (n * h * w == 0) return chunks;
+  const int64_t target = std::max<int64_t>(1024, n * h * w / (4 * at::get_num_threads()));
+  if (h * w < target) {
+    const int64_t nb = std::max<int64_t>(1, target / (h * w));
+    for (int64_t n0 = 0; n0 < n; n0 += nb) chunks.push_back({n0, std::min(nb, n - n0), 0, h});
+  } else {
+    const int64_t nr = std::max<int64_t>(1, target / w);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t r0 = 0; r0 < h; r0 += nr) chunks.push_back({i, 1, r0, std::min(nr, h - r0)});
+  }
+  return chunks;
+}
+
+// body(chunk, thread) for every chunk on the intra-op threads, each thread taking the next chunk
+// when done with one (a thread that loses its core takes fewer instead of holding the rest up).
+template <typename F>
+void for_each_chunk(const std::vector<Chunk>& chunks, const F& body) {
+  std::atomic<size_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), chunks.size());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // (thread-local: each worker's own)
+#ifdef _OPENMP
+    // oneDNN sizes a primitive by omp_get_max_threads() where it is created (and caches it per
+    // thread count); inside a parallel region that is still the outer count, and its weight-
+    // gradient kernel then waits at a barrier for threads that never come (it runs a nested
+    // region's threads one after the other). 1 for this worker's task: single-threaded primitives.
+    const int outer = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
+    const int tid = at::get_thread_num();
+    for (size_t c = next.fetch_add(1); c < chunks.size(); c = next.fetch_add(1)) body(chunks[c], tid);
+#ifdef _OPENMP
+    omp_set_num_threads(outer);
+#endif
+  });
+}
+
+// The chunk's rows of t (N, C, H, W) channels-last, as a tensor with its own dense strides.
+at::Tensor chunk_view(const at::Tensor& t, const Chunk& ch) {
+  const int64_t c = t.size(1), w = t.size(3);
+  return t.as_strided({ch.nb, c, ch.nr, w}, {ch.nr * w * c, 1, w * c, c},
+                      t.storage_offset() + (ch.n0 * t.size(2) + ch.r0) * w * c);
+}
+
+// t (channels-last, contiguous) = value[channel] everywhere, or zero without value.
+void fill_channels(at::Tensor& t, const std::optional<at::Tensor>& value) {
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "masked_conv2d_fill", [&] {
+    scalar_t* p = t.mutable_data_ptr<scalar_t>();
+    const int64_t c = t.size(1), pixels = t.numel() / std::max<int64_t>(c, 1);
+    if (!value.has_value()) {
+      std::fill(p, p + t.numel(), scalar_t(0));
+      return;
+    }
+    const scalar_t* v = value->const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < pixels; ++i) std::copy(v, v + c, p + i * c);
+  });
+}
+
 std::vector<Shift> forward_shifts(const MaskedConvArgs& a, bool top, bool centre) {
   std::vector<Shift> s;
   if (top) s.push_back({-a.ch, -a.cw, a.ch, a.kw});
@@ -295,14 +223,18 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   }
   const auto dt = acc_type(x);
   std::optional<at::Tensor> b;
-  if (bias.has_value()) b = bias->to(dt);
-  const bool any = a.n * a.h * a.w > 0, top = any && a.ch > 0, centre = any && a.ncols > 0;
+  if (bias.has_value()) b = bias->to(dt).contiguous();
+  const bool top = a.ch > 0, centre = a.ncols > 0;
   auto k = kept_kernels(weight, a, dt, false);
-  std::vector<CopyJob> jobs;
-  if (top || centre) jobs.push_back({&x, forward_shifts(a, top, centre)});
-  make_copies(jobs, dt);
-  auto y = two_part_conv(top ? jobs[0].out[0] : at::Tensor(), centre ? jobs[0].out.back() : at::Tensor(), k, b,
-                         x.options().dtype(dt), {a.n, a.cout, a.h, a.w});
+  auto y = at::empty({a.n, a.cout, a.h, a.w}, x.options().dtype(dt).memory_format(kNHWC));
+  const auto shifts = forward_shifts(a, top, centre);
+  for_each_chunk(make_chunks(a.n, a.h, a.w), [&](const Chunk& ch, int) {
+    auto ys = chunk_view(y, ch);
+    fill_channels(ys, b);
+    auto xs = chunk_copies(x, ch, shifts, dt);
+    if (top) conv_add_(ys, xs[0], k.top);
+    if (centre) conv_add_(ys, xs.back(), k.centre);
+  });
   return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type());
 }
 
@@ -313,43 +245,70 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto dt = acc_type(x);
   const auto opts = x.options().dtype(dt);
-  const bool any = a.n * a.h * a.w > 0, top = any && a.ch > 0, centre = any && a.ncols > 0;
-  // one pass over grad_y and x: grad_y's copies for the input gradient, grad_y channels-last
-  // (with its channel sums, the bias gradient) and x's copies for the weight gradient
-  std::vector<CopyJob> jobs;
-  jobs.reserve(2);  // (gy stays valid)
-  CopyJob& gy = jobs.emplace_back(CopyJob{&grad_y});
-  if (x_grad && top) gy.shifts.push_back({1, -a.cw, a.ch, a.kw});
-  if (x_grad && centre) gy.shifts.push_back({0, a.cw - a.ncols + 1, 1, a.ncols});
-  const bool wg = weight_grad && (top || centre);
-  if (wg) gy.shifts.push_back({0, 0, 1, 1});
-  std::vector<double> gb_sums;
-  if (bias_grad) gy.sums = &gb_sums;
-  if (wg) jobs.push_back({&x, forward_shifts(a, top, centre)});
-  make_copies(jobs, dt);
-  at::Tensor gx = x.new_empty({0}), gw = weight.new_empty({0}), gb = weight.new_empty({0});
-  if (x_grad) {
-    auto g = two_part_conv(top ? gy.out[0] : at::Tensor(), centre ? gy.out[top ? 1 : 0] : at::Tensor(),
-                           kept_kernels(weight, a, dt, true), std::nullopt, opts, {a.n, a.cin, a.h, a.w});
-    gx = g.scalar_type() == x.scalar_type() ? g : g.to(x.scalar_type());
-  }
-  if (weight_grad) {
-    at::Tensor g_top, g_centre;
-    if (wg) {
-      auto k = kept_kernels(weight, a, dt, false);
-      const at::Tensor& gy_nhwc = jobs[0].out.back();
-      if (top) g_top = valid_conv_weight_grad(gy_nhwc, jobs[1].out[0], k.top);
-      if (centre) g_centre = valid_conv_weight_grad(gy_nhwc, jobs[1].out.back(), k.centre);
+  const bool top = a.ch > 0, centre = a.ncols > 0, wg = weight_grad && (top || centre) && a.n * a.h * a.w > 0;
+  // grad_y's copies: for the input gradient, and itself (for the weight and bias gradients)
+  // grad_y's copies for the input gradient: per chunk, in its worker
+  std::vector<Shift> gx_shifts;
+  if (x_grad && top) gx_shifts.push_back({1, -a.cw, a.ch, a.kw});
+  if (x_grad && centre) gx_shifts.push_back({0, a.cw - a.ncols + 1, 1, a.ncols});
+  // the weight gradient's inputs, whole-batch: grad_y channels-last and x's copies. Its
+  // convolutions run after the chunks, on all threads: oneDNN's weight-gradient kernel cannot run
+  // inside a parallel region (it waits at a barrier for threads that never come).
+  const int64_t ncopy = (wg ? 1 : 0) + (wg && top ? 1 : 0) + (wg && centre ? 1 : 0);
+  std::vector<at::Tensor> whole;  // grad_y, x top copy, x centre copy
+  if (wg) whole.push_back(at::empty({a.n, a.cout, a.h, a.w}, opts.memory_format(kNHWC)));
+  for (const Shift& s : forward_shifts(a, wg && top, wg && centre))
+    whole.push_back(at::empty({a.n, a.cin, a.h + s.kh - 1, a.w + s.kw - 1}, opts.memory_format(kNHWC)));
+  Kernels kf;
+  if (x_grad) kf = kept_kernels(weight, a, dt, true);
+  at::Tensor gx;
+  if (x_grad) gx = at::empty({a.n, a.cin, a.h, a.w}, opts.memory_format(kNHWC));
+  const int threads = at::get_num_threads();
+  std::vector<std::vector<double>> g_bias(threads, std::vector<double>(bias_grad ? a.cout : 0, 0.0));
+  for_each_chunk(make_chunks(a.n, a.h, a.w), [&](const Chunk& ch, int tid) {
+    if (x_grad) {
+      auto gys = chunk_copies(grad_y, ch, gx_shifts, dt);
+      auto gxs = chunk_view(gx, ch);
+      fill_channels(gxs, std::nullopt);
+      if (top) conv_add_(gxs, gys[0], kf.top);
+      if (centre) conv_add_(gxs, gys.back(), kf.centre);
     }
-    gw = scatter_weight_grad(g_top, g_centre, a, opts).to(weight.scalar_type());
+    if (ch.r0 != 0 || !(wg || bias_grad)) return;  // (whole images: the chunk starting them)
+    const Chunk images{ch.n0, ch.nb, 0, a.h};
+    std::vector<at::Tensor> dst;
+    for (int64_t i = 0; i < ncopy; ++i) dst.push_back(whole[i].narrow(0, ch.n0, ch.nb));
+    auto gy = chunk_copies(grad_y, images, {{0, 0, 1, 1}}, dt, wg ? &dst[0] : nullptr)[0];
+    if (wg) {
+      std::vector<at::Tensor> xdst(dst.begin() + 1, dst.end());
+      chunk_copies(x, images, forward_shifts(a, top, centre), dt, &xdst[0]);
+    }
+    if (bias_grad) {
+      AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_bias_grad", [&] {
+        const scalar_t* p = gy.const_data_ptr<scalar_t>();
+        for (int64_t i = 0; i < gy.numel() / a.cout; ++i)
+          for (int64_t o = 0; o < a.cout; ++o) g_bias[tid][o] += static_cast<double>(p[i * a.cout + o]);
+      });
+    }
+  });
+  at::Tensor gw = weight.new_empty({0}), gb = weight.new_empty({0});
+  if (weight_grad) {
+    at::Tensor gt, gc;
+    auto k = kept_kernels(weight, a, dt, false);
+    if (wg && top) gt = valid_conv_weight_grad(whole[0], whole[1], k.top);
+    if (wg && centre) gc = valid_conv_weight_grad(whole[0], whole.back(), k.centre);
+    if (top && !gt.defined()) gt = at::zeros({a.cout, a.cin, a.ch, a.kw}, opts);  // (no pixels)
+    if (centre && !gc.defined()) gc = at::zeros({a.cout, a.cin, 1, a.ncols}, opts);
+    gw = scatter_weight_grad(gt, gc, a, opts).to(weight.scalar_type());
   }
   if (bias_grad) {
-    gb = at::empty({a.cout}, weight.options().dtype(at::kDouble));
-    std::copy(gb_sums.begin(), gb_sums.end(), gb.mutable_data_ptr<double>());
-    if (gb_sums.empty()) gb.zero_();
+    gb = at::zeros({a.cout}, weight.options().dtype(at::kDouble));
+    double* p = gb.mutable_data_ptr<double>();
+    for (int t = 0; t < threads; ++t)
+      for (int64_t o = 0; o < a.cout; ++o) p[o] += g_bias[t][o];
     gb = gb.to(weight.scalar_type());
   }
-  return {gx, gw, gb};
+  if (!x_grad) return {x.new_empty({0}), gw, gb};
+  return {gx.scalar_type() == x.scalar_type() ? gx : gx.to(x.scalar_type()), gw, gb};
 }
 
 }  // namespace
