@@ -169,10 +169,10 @@ void for_each_chunk(const std::vector<Chunk>& chunks, const F& body) {
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;  // (thread-local: each worker's own)
 #ifdef _OPENMP
-    // oneDNN sizes a primitive by omp_get_max_threads() where it is created (and caches it per
-    // thread count); inside a parallel region that is still the outer count, and its weight-
-    // gradient kernel then waits at a barrier for threads that never come (it runs a nested
-    // region's threads one after the other). 1 for this worker's task: single-threaded primitives.
+    // oneDNN sizes a primitive by omp_get_max_threads() where it is created; inside a parallel
+    // region that is still the outer count. 1 for this worker's task: the primitives the chunks
+    // create are the single-threaded ones they run as. (This does not make oneDNN's weight-
+    // gradient kernel safe in here, see the backward.)
     const int outer = omp_get_max_threads();
     omp_set_num_threads(1);
 #endif
