@@ -20,12 +20,13 @@
 //
 // Threading: the output rows are cut into chunks (a few per thread: whole images, or bands of
 // one), and each thread takes the next chunk when done with one and runs its copies and
-// convolutions single-threaded (oneDNN does inside a parallel region). One parallel region per
-// call instead of one per copy and per oneDNN primitive (about 16 per forward+backward): on a
+// convolutions single-threaded (oneDNN does inside a parallel region). One parallel region for
+// the forward and the input gradient instead of one per copy and per oneDNN primitive: on a
 // shared machine every region waits for its slowest thread, about a scheduler time slice when
 // a neighbour holds a core, and a thread that loses its core here just takes fewer chunks.
-// A chunk's copies stay in cache for its convolutions. Weight-sized work (kernel rearrangement,
-// gradient scatter and sums) runs in serial loops.
+// A chunk's copies stay in cache for its convolutions. The weight gradient alone runs after the
+// chunks, whole-batch on all threads (oneDNN's kernel for it hangs inside a parallel region).
+// Weight-sized work (kernel rearrangement, gradient scatter, bias sums) runs in serial loops.
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
