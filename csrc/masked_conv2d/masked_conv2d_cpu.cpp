@@ -1,185 +1,315 @@
-// CPU kernels of masked_conv2d: implicit GEMM over the mask's non-zero taps only.
+// CPU kernels of masked_conv2d: the mask's non-zero taps as two dense convolutions.
 //
-// forward:      Y (M, Cout) = P_x (M, K) @ Wf (K, Cout) + b,   M = N*H*W, K = taps * Cin
-// grad input:   dX (M, Cin) = P_dy (M, K') @ Wb (K', Cout->Cin)  (mirrored taps, flipped weight)
-// grad weight:  dWf (K, Cout) = P_x^T @ dY;  grad bias = column sums of dY
-// P_* are patch matrices gathered from NHWC activations by the tap segments of masked_conv2d.h:
-// a 7x7 type-A mask keeps 24 of 49 taps, so the GEMMs do half of a dense convolution's work.
-// Rows are processed in chunks (a chunk's patch stays in cache), chunks in parallel, each
-// chunk's product on the BLAS of ATen. bf16 runs in float and rounds once at the end.
+// The kept taps of a PixelCNN mask form two rectangles (masked_conv2d.h): the ch full rows
+// above the centre (T, ch x kw taps) and the centre row's first ncols taps (C, 1 x ncols, its
+// centre column only between the allowed channel pairs). With x zero outside the image,
+//   y[r, c]  = b + sum_{i<ch, j<kw} T[i, j] x[r - ch + i, c - cw + j] + sum_{j<ncols} C[j] x[r, c - cw + j]
+//   dx[r, c] = sum_{i<ch, j<kw} T[ch-1-i, kw-1-j]^T dy[r + 1 + i, c - cw + j]
+//            + sum_{j<ncols} C[ncols-1-j]^T dy[r, c + cw - ncols + 1 + j]
+//   dT[i, j] = sum_{n, r, c} dy[r, c] x[r - ch + i, c - cw + j]^T   (dC likewise, its centre
+//              column kept only between allowed pairs: every masked weight gets an exact zero)
+// Each sum is one *valid* (unpadded) convolution of a shifted, zero-padded copy of x or dy
+// (masked_conv2d_cpu_shift.h): exact output size, nothing computed for a masked tap, no masked
+// input ever read. The convolutions run on ATen's CPU convolution, for float32 oneDNN's
+// AVX-512 jit kernel (about twice the AVX2 sgemm an im2col GEMM gets here), adding into the
+// output inside oneDNN; the weight gradients on its convolution_backward. A 7x7 type-A mask
+// keeps 24 of 49 taps: half of the dense convolution's work, on the same engine.
+// Activations are channels-last (NHWC): oneDNN's native layout, no reorders, and the layout the
+// op's outputs promise. bf16 runs in float and rounds once at the end; float64 takes ATen's own
+// (exact, slower) convolution.
+//
+// Threading: the output rows are cut into chunks (a few per thread: whole images, or bands of
+// one), and each thread takes the next chunk when done with one and runs its copies and
+// convolutions single-threaded (oneDNN does inside a parallel region). One parallel region for
+// the forward and the input gradient instead of one per copy and per oneDNN primitive: on a
+// shared machine every region waits for its slowest thread, about a scheduler time slice when
+// a neighbour holds a core, and a thread that loses its core here just takes fewer chunks.
+// A chunk's copies stay in cache for its convolutions. The weight gradient alone runs after the
+// chunks, whole-batch on all threads (oneDNN's kernel for it hangs inside a parallel region).
+// Weight-sized work (kernel rearrangement, gradient scatter, bias sums) runs in serial loops.
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cstring>
+#include <optional>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "masked_conv2d/masked_conv2d_cpu_shift.h"
 #include "masked_conv2d/masked_conv2d_host.h"
 
 namespace fastgen {
 namespace {
 
-struct Plan {
-  TapSegment segs[kMaxSegments];
-  int nseg = 0;
-  int64_t taps = 0;
-};
-
-Plan make_plan(const MaskedConvArgs& a, bool input_grad) {
-  Plan p;
-  p.nseg = input_grad ? backward_input_segments(a.kh, a.kw, a.centre, p.segs)
-                      : forward_segments(a.kh, a.kw, a.centre, p.segs);
-  for (int s = 0; s < p.nseg; ++s) p.taps += p.segs[s].len;
-  return p;
-}
-
-// Patch rows m0..m1 of the (M, taps * C) patch matrix of src (N, H, W, C) into dst (row stride K).
-template <typename T>
-void gather_rows(const T* src, int64_t h, int64_t w, int64_t c, const Plan& plan, int64_t m0, int64_t m1, T* dst) {
-  const int64_t k = plan.taps * c;
-  for (int64_t m = m0; m < m1; ++m) {
-    const int64_t n = m / (h * w), y = (m / w) % h, x = m % w;
-    T* row = dst + (m - m0) * k;
-    for (int s = 0; s < plan.nseg; ++s) {
-      const TapSegment& seg = plan.segs[s];
-      const int64_t len = seg.len * c, yy = y + seg.dy, x0 = x + seg.dx;
-      if (yy < 0 || yy >= h) {
-        std::memset(row, 0, sizeof(T) * len);
-      } else {
-        const int64_t lo = std::max<int64_t>(x0, 0), hi = std::min<int64_t>(x0 + seg.len, w);
-        const int64_t before = (lo - x0) * c, inside = std::max<int64_t>(hi - lo, 0) * c;
-        if (before > 0) std::memset(row, 0, sizeof(T) * std::min(before, len));
-        if (inside > 0) std::memcpy(row + before, src + ((n * h + yy) * w + lo) * c, sizeof(T) * inside);
-        const int64_t done = std::min(before, len) + inside;
-        if (done < len) std::memset(row + done, 0, sizeof(T) * (len - done));
-      }
-      row += len;
-    }
-  }
-}
-
-int64_t chunk_rows(int64_t k) { return std::clamp<int64_t>(131072 / std::max<int64_t>(k, 1), 32, 1024); }
-
-// Runs body(chunk) for chunks 0..chunks-1 on the intra-op threads, each thread taking the next
-// chunk when it is done with one: on a shared machine a thread that loses its core takes fewer
-// chunks instead of holding every other thread up (a static split waits for the slowest).
-template <typename F>
-void for_each_chunk(int64_t chunks, const F& body) {
-  std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), chunks);
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) body(c);
-  });
-}
-
-// out (M, Cout_mat) += patches(src) @ mat, chunk by chunk.
-template <typename T>
-void patch_matmul(const at::Tensor& src, const MaskedConvArgs& a, int64_t c, const Plan& plan,
-                  const at::Tensor& mat, at::Tensor& out) {
-  const int64_t m_total = out.size(0), k = plan.taps * c, rows = chunk_rows(k);
-  if (plan.nseg == 1 && plan.taps == 1 && plan.segs[0].dy == 0 && plan.segs[0].dx == 0) {
-    out.addmm_(src.view({m_total, c}), mat);  // a 1x1 kernel: the activations are the patch
-    return;
-  }
-  const int64_t chunks = (m_total + rows - 1) / rows;
-  const T* s = src.const_data_ptr<T>();
-  std::vector<at::Tensor> patches(at::get_num_threads());
-  for_each_chunk(chunks, [&](int64_t ci) {
-    auto& patch = patches[at::get_thread_num()];
-    if (!patch.defined()) patch = at::empty({rows, k}, mat.options());
-    const int64_t m0 = ci * rows, m1 = std::min(m_total, m0 + rows);
-    gather_rows<T>(s, a.h, a.w, c, plan, m0, m1, patch.mutable_data_ptr<T>());
-    out.narrow(0, m0, m1 - m0).addmm_(patch.narrow(0, 0, m1 - m0), mat);
-  });
-}
-
-// sum over chunks of patches(src)^T @ gy, one accumulator per thread.
-template <typename T>
-at::Tensor patch_grad(const at::Tensor& src, const MaskedConvArgs& a, const Plan& plan, const at::Tensor& gy) {
-  // longer chunks than the forward's: they are the inner dimension of these products
-  const int64_t m_total = gy.size(0), k = plan.taps * a.cin, rows = 4 * chunk_rows(k);
-  if (plan.nseg == 1 && plan.taps == 1 && plan.segs[0].dy == 0 && plan.segs[0].dx == 0)
-    return at::mm(src.view({m_total, a.cin}).t(), gy);  // a 1x1 kernel
-  const int64_t chunks = (m_total + rows - 1) / rows;
-  std::vector<at::Tensor> acc(at::get_num_threads());
-  const T* s = src.const_data_ptr<T>();
-  std::vector<at::Tensor> patches(at::get_num_threads());
-  for_each_chunk(chunks, [&](int64_t ci) {
-    const int tid = at::get_thread_num();
-    if (!patches[tid].defined()) {
-      patches[tid] = at::empty({rows, k}, gy.options());
-      acc[tid] = at::zeros({k, a.cout}, gy.options());
-    }
-    const int64_t m0 = ci * rows, m1 = std::min(m_total, m0 + rows);
-    gather_rows<T>(s, a.h, a.w, a.cin, plan, m0, m1, patches[tid].mutable_data_ptr<T>());
-    acc[tid].addmm_(patches[tid].narrow(0, 0, m1 - m0).t(), gy.narrow(0, m0, m1 - m0));
-  });
-  at::Tensor total = at::zeros({k, a.cout}, gy.options());
-  for (auto& t : acc)
-    if (t.defined()) total.add_(t);
-  return total;
-}
+constexpr auto kNHWC = at::MemoryFormat::ChannelsLast;
 
 at::ScalarType acc_type(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ? at::kFloat : t.scalar_type(); }
+
+// The two kept rectangles of the weight in dtype dt: T (Cout, Cin, ch, kw) and C (Cout, Cin,
+// 1, ncols), the centre column zero between masked pairs (a select, not a multiply); `flipped`:
+// the input-gradient kernels T[ch-1-i, kw-1-j]^T (Cin, Cout, ch, kw) and C[ncols-1-j]^T.
+// Channels-last like the activations (ATen's oneDNN path would copy them to it in a parallel
+// region of its own). Undefined when empty. Serial loops: a few hundred kB.
+struct Kernels {
+  at::Tensor top, centre;
+};
+
+// Element (o, i, y, x) of a 4-d tensor's data through its strides.
+template <typename T>
+T& at4(T* p, const at::Tensor& t, int64_t o, int64_t i, int64_t y, int64_t x) {
+  return p[o * t.stride(0) + i * t.stride(1) + y * t.stride(2) + x * t.stride(3)];
+}
+
+Kernels kept_kernels(const at::Tensor& weight, const MaskedConvArgs& a, at::ScalarType dt, bool flipped) {
+  auto w = weight.to(dt);
+  Kernels k;
+  const auto opts = w.options().memory_format(kNHWC);
+  const int64_t o_n = flipped ? a.cin : a.cout, i_n = flipped ? a.cout : a.cin;
+  if (a.ch > 0) k.top = at::empty({o_n, i_n, a.ch, a.kw}, opts);
+  if (a.ncols > 0) k.centre = at::empty({o_n, i_n, 1, a.ncols}, opts);
+  AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_kernels", [&] {
+    const scalar_t* src = w.const_data_ptr<scalar_t>();
+    scalar_t* top = k.top.defined() ? k.top.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* centre = k.centre.defined() ? k.centre.mutable_data_ptr<scalar_t>() : nullptr;
+    for (int64_t o = 0; o < a.cout; ++o)
+      for (int64_t ci = 0; ci < a.cin; ++ci) {
+        const int64_t p = flipped ? ci : o, q = flipped ? o : ci;
+        for (int i = 0; i < a.ch; ++i)
+          for (int j = 0; j < a.kw; ++j)
+            at4(top, k.top, p, q, flipped ? a.ch - 1 - i : i, flipped ? a.kw - 1 - j : j) = at4(src, w, o, ci, i, j);
+        for (int j = 0; j < a.ncols; ++j) {
+          const bool kept = j < a.cw || centre_allowed(o, ci, a.cout, a.cin, a.groups, a.type_a);
+          at4(centre, k.centre, p, q, 0, flipped ? a.ncols - 1 - j : j) = kept ? at4(src, w, o, ci, a.ch, j) : scalar_t(0);
+        }
+      }
+  });
+  return k;
+}
+
+// The weight gradient (Cout, Cin, kh, kw), contiguous in dtype dt, from the rectangles'
+// gradients (any strides): zero on every masked tap (and the centre between masked pairs).
+// Serial, like kept_kernels.
+at::Tensor scatter_weight_grad(const at::Tensor& gt, const at::Tensor& gc, const MaskedConvArgs& a,
+                               const at::TensorOptions& opts) {
+  auto gw = at::empty({a.cout, a.cin, a.kh, a.kw}, opts);
+  AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "masked_conv2d_scatter", [&] {
+    scalar_t* dst = gw.mutable_data_ptr<scalar_t>();
+    const scalar_t* top = gt.defined() ? gt.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* centre = gc.defined() ? gc.const_data_ptr<scalar_t>() : nullptr;
+    for (int64_t o = 0; o < a.cout; ++o)
+      for (int64_t ci = 0; ci < a.cin; ++ci) {
+        scalar_t* g = dst + (o * a.cin + ci) * a.kh * a.kw;
+        std::fill(g, g + a.kh * a.kw, scalar_t(0));
+        for (int i = 0; top && i < a.ch; ++i)
+          for (int j = 0; j < a.kw; ++j) g[i * a.kw + j] = at4(top, gt, o, ci, i, j);
+        for (int j = 0; centre && j < a.ncols; ++j)
+          if (j < a.cw || centre_allowed(o, ci, a.cout, a.cin, a.groups, a.type_a))
+            g[a.ch * a.kw + j] = at4(centre, gc, o, ci, 0, j);
+      }
+  });
+  return gw;
+}
+
+// oneDNN's convolution with the sum fused (the inductor's in-place op; out += conv), when torch has it.
+const c10::OperatorHandle* conv_add_op() {
+  static const std::optional<c10::OperatorHandle> op = []() -> std::optional<c10::OperatorHandle> {
+    if (!at::hasMKLDNN()) return std::nullopt;
+    return c10::Dispatcher::singleton().findSchema({"mkldnn::_convolution_pointwise_", "binary"});
+  }();
+  return op.has_value() ? &*op : nullptr;
+}
+
+// out += valid (stride 1, unpadded) convolution of channels-last `input` with `kernel`; out is
+// channels-last. float32 adds inside oneDNN's kernel (no second pass over out), else add_.
+void conv_add_(at::Tensor& out, const at::Tensor& input, const at::Tensor& kernel) {
+  if (input.scalar_type() != at::kFloat || conv_add_op() == nullptr) {
+    out.add_(at::conv2d(input, kernel));
+    return;
+  }
+  torch::jit::Stack stack{out, input, kernel, c10::IValue(), std::vector<int64_t>{0, 0},
+                          std::vector<int64_t>{1, 1}, std::vector<int64_t>{1, 1}, int64_t{1}, std::string("add"),
+                          at::Scalar(1.0), c10::IValue(), c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+  conv_add_op()->callBoxed(stack);
+}
+
+// dL/dkernel of the valid convolution conv2d(input, kernel) given dL/doutput.
+at::Tensor valid_conv_weight_grad(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& kernel) {
+  return std::get<1>(at::convolution_backward(grad_out, input, kernel, std::nullopt, {1, 1}, {0, 0}, {1, 1}, false,
+                                              {0, 0}, 1, {false, true, false}));
+}
+
+// Chunks of about total / (4 threads) output pixels (at least ~1k): whole images when an image
+// is smaller, else bands of rows of one image.
+std::vector<Chunk> make_chunks(int64_t n, int64_t h, int64_t w) {
+  std::vector<Chunk> chunks;
+  if (n * h * w == 0) return chunks;
+  const int64_t target = std::max<int64_t>(1024, n * h * w / (4 * at::get_num_threads()));
+  if (h * w < target) {
+    const int64_t nb = std::max<int64_t>(1, target / (h * w));
+    for (int64_t n0 = 0; n0 < n; n0 += nb) chunks.push_back({n0, std::min(nb, n - n0), 0, h});
+  } else {
+    const int64_t nr = std::max<int64_t>(1, target / w);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t r0 = 0; r0 < h; r0 += nr) chunks.push_back({i, 1, r0, std::min(nr, h - r0)});
+  }
+  return chunks;
+}
+
+// body(chunk, thread) for every chunk on the intra-op threads, each thread taking the next chunk
+// when done with one (a thread that loses its core takes fewer instead of holding the rest up).
+template <typename F>
+void for_each_chunk(const std::vector<Chunk>& chunks, const F& body) {
+  std::atomic<size_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), chunks.size());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // (thread-local: each worker's own)
+#ifdef _OPENMP
+    // oneDNN sizes a primitive by omp_get_max_threads() where it is created; inside a parallel
+    // region that is still the outer count. 1 for this worker's task: the primitives the chunks
+    // create are the single-threaded ones they run as. (This does not make oneDNN's weight-
+    // gradient kernel safe in here, see the backward.)
+    const int outer = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
+    const int tid = at::get_thread_num();
+    for (size_t c = next.fetch_add(1); c < chunks.size(); c = next.fetch_add(1)) body(chunks[c], tid);
+#ifdef _OPENMP
+    omp_set_num_threads(outer);
+#endif
+  });
+}
+
+// The chunk's rows of t (N, C, H, W) channels-last, as a tensor with its own dense strides.
+at::Tensor chunk_view(const at::Tensor& t, const Chunk& ch) {
+  const int64_t c = t.size(1), w = t.size(3);
+  return t.as_strided({ch.nb, c, ch.nr, w}, {ch.nr * w * c, 1, w * c, c},
+                      t.storage_offset() + (ch.n0 * t.size(2) + ch.r0) * w * c);
+}
+
+// t (channels-last, contiguous) = value[channel] everywhere, or zero without value.
+void fill_channels(at::Tensor& t, const std::optional<at::Tensor>& value) {
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "masked_conv2d_fill", [&] {
+    scalar_t* p = t.mutable_data_ptr<scalar_t>();
+    const int64_t c = t.size(1), pixels = t.numel() / std::max<int64_t>(c, 1);
+    if (!value.has_value()) {
+      std::fill(p, p + t.numel(), scalar_t(0));
+      return;
+    }
+    const scalar_t* v = value->const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < pixels; ++i) std::copy(v, v + c, p + i * c);
+  });
+}
+
+std::vector<Shift> forward_shifts(const MaskedConvArgs& a, bool top, bool centre) {
+  std::vector<Shift> s;
+  if (top) s.push_back({-a.ch, -a.cw, a.ch, a.kw});
+  if (centre) s.push_back({0, -a.cw, 1, a.ncols});
+  return s;
+}
 
 at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                              c10::string_view mask_type, int64_t data_channels) {
   auto a = check_masked_conv("masked_conv2d", x, weight, std::string(mask_type), data_channels);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // the inner convolutions record no graph
   if (bias.has_value()) {
     check_like(x, "x", *bias, "masked_conv2d", "bias", false);
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == a.cout, "fastgen::masked_conv2d: bias must have shape (",
                 a.cout, ",); got ", bias->sizes());
   }
   const auto dt = acc_type(x);
-  const auto opts = x.options().dtype(dt);
-  auto out = at::empty({a.n * a.h * a.w, a.cout}, opts);
-  if (bias.has_value()) out.copy_(bias->to(dt).unsqueeze(0).expand_as(out));
-  else out.zero_();
-  Plan plan = make_plan(a, false);
-  if (out.numel() > 0 && plan.taps > 0 && a.cin > 0) {
-    auto cmask = centre_mask(a, opts);
-    auto mat = forward_matrix(weight.to(dt), a, cmask);
-    auto xs = to_nhwc(x, dt);
-    AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_cpu", [&] { patch_matmul<scalar_t>(xs, a, a.cin, plan, mat, out); });
-  }
-  return from_nhwc(out.view({a.n, a.h, a.w, a.cout}), x.scalar_type());
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) b = bias->to(dt).contiguous();
+  const bool top = a.ch > 0, centre = a.ncols > 0;
+  auto k = kept_kernels(weight, a, dt, false);
+  auto y = at::empty({a.n, a.cout, a.h, a.w}, x.options().dtype(dt).memory_format(kNHWC));
+  const auto shifts = forward_shifts(a, top, centre);
+  for_each_chunk(make_chunks(a.n, a.h, a.w), [&](const Chunk& ch, int) {
+    auto ys = chunk_view(y, ch);
+    fill_channels(ys, b);
+    auto xs = chunk_copies(x, ch, shifts, dt);
+    if (top) conv_add_(ys, xs[0], k.top);
+    if (centre) conv_add_(ys, xs.back(), k.centre);
+  });
+  return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, c10::string_view mask_type,
     int64_t data_channels, bool x_grad, bool weight_grad, bool bias_grad) {
   auto a = check_masked_conv_backward(grad_y, x, weight, std::string(mask_type), data_channels);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto dt = acc_type(x);
   const auto opts = x.options().dtype(dt);
-  const int64_t m_total = a.n * a.h * a.w;
-  auto gy = to_nhwc(grad_y, dt).view({m_total, a.cout});
-  auto cmask = centre_mask(a, opts);
-  at::Tensor gx = x.new_empty({0}), gw = weight.new_empty({0}), gb = weight.new_empty({0});
-  if (x_grad) {
-    auto out = at::zeros({m_total, a.cin}, opts);
-    Plan plan = make_plan(a, true);
-    if (m_total > 0 && plan.taps > 0 && a.cout > 0) {
-      auto mat = backward_input_matrix(weight.to(dt), a, cmask);
-      AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_backward_input_cpu",
-                                 [&] { patch_matmul<scalar_t>(gy, a, a.cout, plan, mat, out); });
+  const bool top = a.ch > 0, centre = a.ncols > 0, wg = weight_grad && (top || centre) && a.n * a.h * a.w > 0;
+  // grad_y's copies: for the input gradient, and itself (for the weight and bias gradients)
+  // grad_y's copies for the input gradient: per chunk, in its worker
+  std::vector<Shift> gx_shifts;
+  if (x_grad && top) gx_shifts.push_back({1, -a.cw, a.ch, a.kw});
+  if (x_grad && centre) gx_shifts.push_back({0, a.cw - a.ncols + 1, 1, a.ncols});
+  // the weight gradient's inputs, whole-batch: grad_y channels-last and x's copies. Its
+  // convolutions run after the chunks, on all threads: oneDNN's weight-gradient kernel cannot run
+  // inside a parallel region (it waits at a barrier for threads that never come).
+  const int64_t ncopy = (wg ? 1 : 0) + (wg && top ? 1 : 0) + (wg && centre ? 1 : 0);
+  std::vector<at::Tensor> whole;  // grad_y, x top copy, x centre copy
+  if (wg) whole.push_back(at::empty({a.n, a.cout, a.h, a.w}, opts.memory_format(kNHWC)));
+  for (const Shift& s : forward_shifts(a, wg && top, wg && centre))
+    whole.push_back(at::empty({a.n, a.cin, a.h + s.kh - 1, a.w + s.kw - 1}, opts.memory_format(kNHWC)));
+  Kernels kf;
+  if (x_grad) kf = kept_kernels(weight, a, dt, true);
+  at::Tensor gx;
+  if (x_grad) gx = at::empty({a.n, a.cin, a.h, a.w}, opts.memory_format(kNHWC));
+  const int threads = at::get_num_threads();
+  std::vector<std::vector<double>> g_bias(threads, std::vector<double>(bias_grad ? a.cout : 0, 0.0));
+  for_each_chunk(make_chunks(a.n, a.h, a.w), [&](const Chunk& ch, int tid) {
+    if (x_grad) {
+      auto gys = chunk_copies(grad_y, ch, gx_shifts, dt);
+      auto gxs = chunk_view(gx, ch);
+      fill_channels(gxs, std::nullopt);
+      if (top) conv_add_(gxs, gys[0], kf.top);
+      if (centre) conv_add_(gxs, gys.back(), kf.centre);
     }
-    gx = from_nhwc(out.view({a.n, a.h, a.w, a.cin}), x.scalar_type());
-  }
+    if (ch.r0 != 0 || !(wg || bias_grad)) return;  // (whole images: the chunk starting them)
+    const Chunk images{ch.n0, ch.nb, 0, a.h};
+    std::vector<at::Tensor> dst;
+    for (int64_t i = 0; i < ncopy; ++i) dst.push_back(whole[i].narrow(0, ch.n0, ch.nb));
+    auto gy = chunk_copies(grad_y, images, {{0, 0, 1, 1}}, dt, wg ? &dst[0] : nullptr)[0];
+    if (wg) {
+      std::vector<at::Tensor> xdst(dst.begin() + 1, dst.end());
+      chunk_copies(x, images, forward_shifts(a, top, centre), dt, &xdst[0]);
+    }
+    if (bias_grad) {
+      AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_bias_grad", [&] {
+        const scalar_t* p = gy.const_data_ptr<scalar_t>();
+        for (int64_t i = 0; i < gy.numel() / a.cout; ++i)
+          for (int64_t o = 0; o < a.cout; ++o) g_bias[tid][o] += static_cast<double>(p[i * a.cout + o]);
+      });
+    }
+  });
+  at::Tensor gw = weight.new_empty({0}), gb = weight.new_empty({0});
   if (weight_grad) {
-    Plan plan = make_plan(a, false);
-    at::Tensor gmat;
-    if (m_total > 0 && plan.taps > 0) {
-      auto xs = to_nhwc(x, dt);
-      AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_backward_weight_cpu",
-                                 [&] { gmat = patch_grad<scalar_t>(xs, a, plan, gy); });
-    } else {
-      gmat = at::zeros({plan.taps * a.cin, a.cout}, opts);
-    }
-    gw = scatter_weight_grad(gmat, a, cmask, opts).to(weight.scalar_type());
+    at::Tensor gt, gc;
+    auto k = kept_kernels(weight, a, dt, false);
+    if (wg && top) gt = valid_conv_weight_grad(whole[0], whole[1], k.top);
+    if (wg && centre) gc = valid_conv_weight_grad(whole[0], whole.back(), k.centre);
+    if (top && !gt.defined()) gt = at::zeros({a.cout, a.cin, a.ch, a.kw}, opts);  // (no pixels)
+    if (centre && !gc.defined()) gc = at::zeros({a.cout, a.cin, 1, a.ncols}, opts);
+    gw = scatter_weight_grad(gt, gc, a, opts).to(weight.scalar_type());
   }
-  if (bias_grad) gb = gy.sum(0).to(weight.scalar_type());
-  return {gx, gw, gb};
+  if (bias_grad) {
+    gb = at::zeros({a.cout}, weight.options().dtype(at::kDouble));
+    double* p = gb.mutable_data_ptr<double>();
+    for (int t = 0; t < threads; ++t)
+      for (int64_t o = 0; o < a.cout; ++o) p[o] += g_bias[t][o];
+    gb = gb.to(weight.scalar_type());
+  }
+  if (!x_grad) return {x.new_empty({0}), gw, gb};
+  return {gx.scalar_type() == x.scalar_type() ? gx : gx.to(x.scalar_type()), gw, gb};
 }
 
 }  // namespace

@@ -238,3 +238,34 @@ def test_compiled_op_rejects_bad_input_directly():
         torch.ops.fastgen.masked_conv2d(x, w, torch.randn(2), "A", 1)
     with pytest.raises(RuntimeError, match="grad_y has shape"):
         torch.ops.fastgen.masked_conv2d_backward(torch.randn(1, 3, 4, 5), x, w, "A", 1, True, True, True)
+
+
+@pytest.mark.skipif(not _ext.AVAILABLE, reason="compiled extension not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", [
+    (6, 5, 16, 16, 7, 5, 5, "A", 1),    # several whole images per chunk
+    (2, 4, 40, 33, 6, 7, 7, "B", 2),    # bands of rows of one image
+    (3, 3, 20, 70, 6, 3, 5, "A", 3),    # bands, colour groups, a wide image
+])
+def test_cpu_kernel_multiple_chunks_and_threads(case, dtype):
+    """Shapes large enough that the CPU kernel splits the output into chunks run on several
+    threads (whole images, or bands of rows whose copies read the neighbours' rows)."""
+    x, w, b = _inputs(case, dtype, requires_grad=True)
+    mask_type, groups = case[7], case[8]
+    gy = torch.randn(case[0], case[4], case[2], case[3], dtype=dtype)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with fastgen.use_impl("cpp"):
+            y = masked_conv2d(x, w, b, mask_type, groups)
+            ours = torch.autograd.grad((y * gy).sum(), (x, w, b))
+    finally:
+        torch.set_num_threads(threads)
+    y_ref = oracle(x, w, b, mask_type, groups)
+    ref = torch.autograd.grad((y_ref * gy).sum(), (x, w, b))
+    tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y, y_ref, **tol)
+    for a, r in zip(ours, ref):
+        torch.testing.assert_close(a, r, **tol)
+    mask = oracle_mask(*w.shape, mask_type, groups)
+    assert torch.equal(ours[1][mask == 0], torch.zeros_like(ours[1][mask == 0]))

@@ -1,0 +1,118 @@
+// Shifted, zero-padded channels-last copies of activations for the CPU kernels of masked_conv2d
+// (masked_conv2d_cpu.cpp), built per chunk of output rows on one thread.
+//
+// A copy for a valid (kh, kw) convolution whose outputs are the chunk's rows, tap (i, j) of
+// output (r, c) reading t[r + oy + i, c + ox + j]: p (nb, C, nr + kh - 1, W + kw - 1) with
+// p[n, :, r', c'] = t[n0 + n, :, r0 + r' + oy, c' + ox], zero outside t. Each source row is
+// read once, transposed to NHWC (the usual source is NCHW) and cast, then copied into every
+// copy's row it lands in.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+namespace fastgen {
+
+struct Shift {
+  int64_t oy, ox, kh, kw;
+};
+
+// Output rows [r0, r0 + nr) of images [n0, n0 + nb): whole images (nr = H) or a band of one.
+struct Chunk {
+  int64_t n0, nb, r0, nr;
+};
+
+// Source row t[n, :, r, :] as w pixels of c channels (NHWC) in dtype D, into buf; returns buf,
+// or the row itself when t is channels-last in D already. NCHW rows are transposed in blocks of
+// channels, so each source row is read once, sequentially, and the block stays in L1.
+template <typename S, typename D>
+const D* nhwc_row(const S* t, int64_t s_c, int64_t s_w, int64_t c, int64_t w, D* buf) {
+  if (s_c == 1) {
+    if constexpr (std::is_same_v<S, D>) {
+      if (s_w == c) return t;
+    }
+    for (int64_t q = 0; q < w; ++q)
+      for (int64_t k = 0; k < c; ++k) buf[q * c + k] = static_cast<D>(t[q * s_w + k]);
+    return buf;
+  }
+  int64_t k_done = 0;
+  if constexpr (std::is_same_v<S, float> && std::is_same_v<D, float>) {
+    if (s_w == 1) {  // NCHW float: 8 x 8 register transposes (at::vec), the ragged edges below
+      const int64_t q8 = w / 8 * 8;
+      for (; k_done + 8 <= c; k_done += 8) {
+        for (int64_t q = 0; q < q8; q += 8)
+          at::vec::transpose_mxn<float, 8, 8>(t + k_done * s_c + q, s_c, buf + q * c + k_done, c);
+        for (int64_t q = q8; q < w; ++q)
+          for (int64_t k = k_done; k < k_done + 8; ++k) buf[q * c + k] = t[k * s_c + q];
+      }
+    }
+  }
+  constexpr int64_t kBlock = 16;
+  for (int64_t k0 = k_done; k0 < c; k0 += kBlock) {
+    const int64_t kn = std::min(kBlock, c - k0);
+    for (int64_t q = 0; q < w; ++q) {
+      const S* px = t + k0 * s_c + q * s_w;
+      D* o = buf + q * c + k0;
+      for (int64_t k = 0; k < kn; ++k) o[k] = static_cast<D>(px[k * s_c]);
+    }
+  }
+  return buf;
+}
+
+// The copies of t (N, C, H, W; any strides, float/double/bf16) for chunk ch, channels-last in
+// dtype dt: new tensors, or written into dst[0..] (dense channels-last, of the copies' shapes).
+// Serial: it runs inside a chunk's worker.
+inline std::vector<at::Tensor> chunk_copies(const at::Tensor& t, const Chunk& ch, const std::vector<Shift>& shifts,
+                                            at::ScalarType dt, const at::Tensor* dst = nullptr) {
+  const int64_t c = t.size(1), h = t.size(2), w = t.size(3);
+  std::vector<at::Tensor> out;
+  int64_t lo = h, hi = 0;  // the source rows some copy reads
+  for (const Shift& s : shifts) {
+    if (dst) out.push_back(dst[out.size()]);
+    else
+      out.push_back(at::empty({ch.nb, c, ch.nr + s.kh - 1, w + s.kw - 1},
+                              t.options().dtype(dt).memory_format(at::MemoryFormat::ChannelsLast)));
+    lo = std::min(lo, std::max<int64_t>(0, ch.r0 + s.oy));
+    hi = std::max(hi, std::min(h, ch.r0 + ch.nr + s.oy + s.kh - 1));
+  }
+  AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_copies", [&] {
+    using D = scalar_t;
+    std::vector<D> buf(w * c);
+    for (int64_t n = 0; n < ch.nb; ++n) {
+      for (size_t k = 0; k < shifts.size(); ++k) {  // rows outside the image: zero
+        const Shift& s = shifts[k];
+        const int64_t hp = ch.nr + s.kh - 1, row = (w + s.kw - 1) * c;
+        D* base = out[k].mutable_data_ptr<D>() + n * hp * row;
+        for (int64_t rp = 0; rp < hp; ++rp) {
+          const int64_t r = ch.r0 + rp + s.oy;
+          if (r < 0 || r >= h) std::fill(base + rp * row, base + (rp + 1) * row, D(0));
+        }
+      }
+      for (int64_t r = lo; r < hi; ++r) {
+        const D* src = nullptr;
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.scalar_type(), "masked_conv2d_row", [&] {
+          src = nhwc_row(t.const_data_ptr<scalar_t>() + (ch.n0 + n) * t.stride(0) + r * t.stride(2), t.stride(1),
+                         t.stride(3), c, w, buf.data());
+        });
+        for (size_t k = 0; k < shifts.size(); ++k) {
+          const Shift& s = shifts[k];
+          const int64_t hp = ch.nr + s.kh - 1, wp = w + s.kw - 1, rp = r - ch.r0 - s.oy;
+          if (rp < 0 || rp >= hp) continue;
+          const int64_t q0 = std::clamp<int64_t>(-s.ox, 0, wp), q1 = std::clamp<int64_t>(w - s.ox, q0, wp);
+          D* dst = out[k].mutable_data_ptr<D>() + (n * hp + rp) * wp * c;
+          std::fill(dst, dst + q0 * c, D(0));
+          std::copy(src + (q0 + s.ox) * c, src + (q1 + s.ox) * c, dst + q0 * c);
+          std::fill(dst + q1 * c, dst + wp * c, D(0));
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace fastgen
