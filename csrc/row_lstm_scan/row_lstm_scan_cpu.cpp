@@ -17,6 +17,7 @@
 #include <mutex>
 
 #include "fastgen_cpu.h"
+#include "fastgen_gemm.h"
 #include "row_lstm_scan/row_lstm_scan.h"
 #include "row_lstm_scan/row_lstm_scan_check.h"
 
@@ -59,24 +60,32 @@ inline void prefetch_segment(const T* p, int64_t W, int write) {
   if (write) __builtin_prefetch(p + W - 1, 1); else __builtin_prefetch(p + W - 1, 0);
 }
 
-// Element math over n contiguous pre-activations (bias added here), in place: gates activated.
+// Element math over n contiguous pre-activations: z = zx (+ zs, the row's GEMM output) + bias,
+// activated gates written over zx.
 template <typename T>
-inline void cell_forward_span(T* zi, T* zf, T* zg, T* zo, const T* bias4, const T* cp, T* cr, T* hr,
-                              int64_t n_total) {
+inline void cell_forward_span(T* zi, T* zf, T* zg, T* zo, const T* si, const T* sf, const T* sg, const T* so,
+                              const T* bias4, const T* cp, T* cr, T* hr, int64_t n_total) {
   using Vec = at::vec::Vectorized<T>;
   const Vec bi(bias4[0]), bf(bias4[1]), bg(bias4[2]), bo(bias4[3]);
   int64_t n = 0;
   for (; n + Vec::size() <= n_total; n += Vec::size()) {
+    Vec vi = Vec::loadu(zi + n) + bi, vf = Vec::loadu(zf + n) + bf, vg = Vec::loadu(zg + n) + bg,
+        vo = Vec::loadu(zo + n) + bo;
+    if (si) {
+      vi = vi + Vec::loadu(si + n); vf = vf + Vec::loadu(sf + n);
+      vg = vg + Vec::loadu(sg + n); vo = vo + Vec::loadu(so + n);
+    }
     Vec i, f, g, o, c, hv;
-    lstm_cell_forward(Vec::loadu(zi + n) + bi, Vec::loadu(zf + n) + bf, Vec::loadu(zg + n) + bg,
-                      Vec::loadu(zo + n) + bo, cp ? Vec::loadu(cp + n) : Vec(T(0)), i, f, g, o, c, hv);
+    lstm_cell_forward(vi, vf, vg, vo, cp ? Vec::loadu(cp + n) : Vec(T(0)), i, f, g, o, c, hv);
     i.store(zi + n); f.store(zf + n); g.store(zg + n); o.store(zo + n);
     c.store(cr + n);
     hv.store(hr + n);
   }
-  for (; n < n_total; ++n)
-    lstm_cell_forward<T>(zi[n] + bias4[0], zf[n] + bias4[1], zg[n] + bias4[2], zo[n] + bias4[3],
-                         cp ? cp[n] : T(0), zi[n], zf[n], zg[n], zo[n], cr[n], hr[n]);
+  for (; n < n_total; ++n) {
+    T vi = zi[n] + bias4[0], vf = zf[n] + bias4[1], vg = zg[n] + bias4[2], vo = zo[n] + bias4[3];
+    if (si) { vi += si[n]; vf += sf[n]; vg += sg[n]; vo += so[n]; }
+    lstm_cell_forward<T>(vi, vf, vg, vo, cp ? cp[n] : T(0), zi[n], zf[n], zg[n], zo[n], cr[n], hr[n]);
+  }
 }
 
 // The forward scan of batch elements [b0, b1) on one thread. Gates and cells live in the
@@ -98,12 +107,16 @@ void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* c
   T* hcat = hcat_t.data_ptr<T>();
   for (int64_t r = 0; r < H; ++r) {
     T* gt = gates + r * G * BW + b0 * W;
-    if (r > 0) at::from_blob(gt, {G, nW}, {BW, 1}, wcat.options()).addmm_(wcat, hcat_t);
+    // state-to-state term Wcat @ hcat (oneDNN for float32: hcat_t.t() is a transposed contiguous view)
+    Tensor s_t = r > 0 ? linear_nt(wcat, hcat_t.t()) : Tensor();
+    const T* st = r > 0 ? s_t.const_data_ptr<T>() : nullptr;
     for (int64_t u = 0; u < h; ++u) {
       T* hm = hcat + (h + u) * nW;  // tap 1 of the next row's hcat: this row's hidden state
       const T bias4[4] = {bias ? bias[u] : T(0), bias ? bias[h + u] : T(0), bias ? bias[2 * h + u] : T(0),
                           bias ? bias[3 * h + u] : T(0)};
-      cell_forward_span(gt + u * BW, gt + (h + u) * BW, gt + (2 * h + u) * BW, gt + (3 * h + u) * BW, bias4,
+      cell_forward_span(gt + u * BW, gt + (h + u) * BW, gt + (2 * h + u) * BW, gt + (3 * h + u) * BW,
+                        st ? st + u * nW : nullptr, st ? st + (h + u) * nW : nullptr,
+                        st ? st + (2 * h + u) * nW : nullptr, st ? st + (3 * h + u) * nW : nullptr, bias4,
                         r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr,
                         cell + (r * h + u) * BW + b0 * W, hm, nW);
       for (int64_t b = 0; b < nb; ++b) {
