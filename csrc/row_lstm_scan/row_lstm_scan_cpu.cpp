@@ -20,6 +20,7 @@
 #include "fastgen_gemm.h"
 #include "row_lstm_scan/row_lstm_scan.h"
 #include "row_lstm_scan/row_lstm_scan_check.h"
+#include "row_lstm_scan/row_lstm_scan_vec.h"
 
 namespace fastgen {
 namespace {
@@ -60,75 +61,87 @@ inline void prefetch_segment(const T* p, int64_t W, int write) {
   if (write) __builtin_prefetch(p + W - 1, 1); else __builtin_prefetch(p + W - 1, 0);
 }
 
-// Element math over n contiguous pre-activations: z = zx (+ zs, the row's GEMM output) + bias,
-// activated gates written over zx.
+// dst[0, n) = src[0, n) for short n (a row segment): inline vectors, no memmove call per segment.
 template <typename T>
-inline void cell_forward_span(T* zi, T* zf, T* zg, T* zo, const T* si, const T* sf, const T* sg, const T* so,
+inline void copy_short(const T* src, T* dst, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  int64_t w = 0;
+  for (; w + Vec::size() <= n; w += Vec::size()) Vec::loadu(src + w).store(dst + w);
+  for (; w < n; ++w) dst[w] = src[w];
+}
+
+// Element math over n contiguous cells: pre-activations x (+ s, the row's GEMM output) + bias;
+// the activated gates go to z, the cell and hidden states to cr and hr.
+template <typename T>
+inline void cell_forward_span(const T* xi, const T* xf, const T* xg, const T* xo, T* zi, T* zf, T* zg, T* zo,
+                              const T* si, const T* sf, const T* sg, const T* so,
                               const T* bias4, const T* cp, T* cr, T* hr, int64_t n_total) {
   using Vec = at::vec::Vectorized<T>;
   const Vec bi(bias4[0]), bf(bias4[1]), bg(bias4[2]), bo(bias4[3]);
   int64_t n = 0;
   for (; n + Vec::size() <= n_total; n += Vec::size()) {
-    Vec vi = Vec::loadu(zi + n) + bi, vf = Vec::loadu(zf + n) + bf, vg = Vec::loadu(zg + n) + bg,
-        vo = Vec::loadu(zo + n) + bo;
+    Vec vi = Vec::loadu(xi + n) + bi, vf = Vec::loadu(xf + n) + bf, vg = Vec::loadu(xg + n) + bg,
+        vo = Vec::loadu(xo + n) + bo;
     if (si) {
       vi = vi + Vec::loadu(si + n); vf = vf + Vec::loadu(sf + n);
       vg = vg + Vec::loadu(sg + n); vo = vo + Vec::loadu(so + n);
     }
     Vec i, f, g, o, c, hv;
-    lstm_cell_forward(vi, vf, vg, vo, cp ? Vec::loadu(cp + n) : Vec(T(0)), i, f, g, o, c, hv);
+    lstm_cell_forward_vec(vi, vf, vg, vo, cp ? Vec::loadu(cp + n) : Vec(T(0)), i, f, g, o, c, hv);
     i.store(zi + n); f.store(zf + n); g.store(zg + n); o.store(zo + n);
     c.store(cr + n);
     hv.store(hr + n);
   }
   for (; n < n_total; ++n) {
-    T vi = zi[n] + bias4[0], vf = zf[n] + bias4[1], vg = zg[n] + bias4[2], vo = zo[n] + bias4[3];
+    T vi = xi[n] + bias4[0], vf = xf[n] + bias4[1], vg = xg[n] + bias4[2], vo = xo[n] + bias4[3];
     if (si) { vi += si[n]; vf += sf[n]; vg += sg[n]; vo += so[n]; }
     lstm_cell_forward<T>(vi, vf, vg, vo, cp ? cp[n] : T(0), zi[n], zf[n], zg[n], zo[n], cr[n], hr[n]);
   }
 }
 
-// The forward scan of batch elements [b0, b1) on one thread. Gates and cells live in the
-// (H, channels, B, W) workspaces; this thread owns the columns [b0 * W, b1 * W) of each row.
-// First x is copied into the gates workspace in that layout (a sequential read of x; reading
-// it row by row instead would touch thousands of short segments a large stride apart), then
-// per row the GEMM adds the state-to-state term in place and the element math activates it.
+// The forward scan of batch elements [b0, b1) on one thread, which owns the columns
+// [b0 * W, b1 * W) of each row of the (H, channels, B, W) gates and cells workspaces. Per row:
+// gather x_r into a (4h, nb*W) buffer that stays in cache, one GEMM Wcat @ hcat (oneDNN for
+// float32; hcat_t.t() is a transposed contiguous view, which it takes as is), then the element
+// math adds x_r, the GEMM output and the bias and writes gates, cells, hidden state and the next
+// row's hcat. x is read as (b, channel) segments of W a plane apart, which the hardware
+// prefetcher does not follow: the element math of row r prefetches row r + 1's segments.
 template <typename T>
 void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* cell, T* gates,
                   int64_t B, int64_t h, int64_t H, int64_t W, int64_t b0, int64_t b1) {
   const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W;
-  for (int64_t b = b0; b < b1; ++b)
-    for (int64_t j = 0; j < G; ++j)
-      for (int64_t r = 0; r < H; ++r) {
-        const T* s = x + ((b * G + j) * H + r) * W;
-        std::copy(s, s + W, gates + (r * G + j) * BW + b * W);
-      }
-  Tensor hcat_t = at::empty({3 * h, nW}, wcat.options());
-  T* hcat = hcat_t.data_ptr<T>();
+  Tensor hcat_t = at::empty({3 * h, nW}, wcat.options()), xr_t = at::empty({G, nW}, wcat.options());
+  T *hcat = hcat_t.data_ptr<T>(), *xr = xr_t.data_ptr<T>();
+  auto x_seg = [&](int64_t b, int64_t j, int64_t r) { return x + (((b0 + b) * G + j) * H + r) * W; };
   for (int64_t r = 0; r < H; ++r) {
-    T* gt = gates + r * G * BW + b0 * W;
-    // state-to-state term Wcat @ hcat (oneDNN for float32: hcat_t.t() is a transposed contiguous view)
+    for (int64_t j = 0; j < G; ++j)
+      for (int64_t b = 0; b < nb; ++b) copy_short(x_seg(b, j, r), xr + j * nW + b * W, W);
     Tensor s_t = r > 0 ? linear_nt(wcat, hcat_t.t()) : Tensor();
     const T* st = r > 0 ? s_t.const_data_ptr<T>() : nullptr;
+    T* gt = gates + r * G * BW + b0 * W;
     for (int64_t u = 0; u < h; ++u) {
+      if (r + 1 < H)
+        for (int64_t k = 0; k < 4; ++k)
+          for (int64_t b = 0; b < nb; ++b) prefetch_segment(x_seg(b, k * h + u, r + 1), W, 0);
+      const int64_t ju[4] = {u, h + u, 2 * h + u, 3 * h + u};
+      const T bias4[4] = {bias ? bias[ju[0]] : T(0), bias ? bias[ju[1]] : T(0), bias ? bias[ju[2]] : T(0),
+                          bias ? bias[ju[3]] : T(0)};
       T* hm = hcat + (h + u) * nW;  // tap 1 of the next row's hcat: this row's hidden state
-      const T bias4[4] = {bias ? bias[u] : T(0), bias ? bias[h + u] : T(0), bias ? bias[2 * h + u] : T(0),
-                          bias ? bias[3 * h + u] : T(0)};
-      cell_forward_span(gt + u * BW, gt + (h + u) * BW, gt + (2 * h + u) * BW, gt + (3 * h + u) * BW,
-                        st ? st + u * nW : nullptr, st ? st + (h + u) * nW : nullptr,
-                        st ? st + (2 * h + u) * nW : nullptr, st ? st + (3 * h + u) * nW : nullptr, bias4,
+      cell_forward_span(xr + ju[0] * nW, xr + ju[1] * nW, xr + ju[2] * nW, xr + ju[3] * nW,
+                        gt + ju[0] * BW, gt + ju[1] * BW, gt + ju[2] * BW, gt + ju[3] * BW,
+                        st ? st + ju[0] * nW : nullptr, st ? st + ju[1] * nW : nullptr,
+                        st ? st + ju[2] * nW : nullptr, st ? st + ju[3] * nW : nullptr, bias4,
                         r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr,
                         cell + (r * h + u) * BW + b0 * W, hm, nW);
       for (int64_t b = 0; b < nb; ++b) {
         const T* s = hm + b * W;
-        T* dst = hidden + (((b0 + b) * h + u) * H + r) * W;
-        std::copy(s, s + W, dst);
+        copy_short(s, hidden + (((b0 + b) * h + u) * H + r) * W, W);
         if (r + 1 < H) {  // taps 0 and 2: this row's hidden shifted right and left
           T* l = hcat + u * nW + b * W;
           T* rt = hcat + (2 * h + u) * nW + b * W;
           l[0] = T(0);
-          for (int64_t w = 1; w < W; ++w) l[w] = s[w - 1];
-          for (int64_t w = 0; w + 1 < W; ++w) rt[w] = s[w + 1];
+          copy_short(s, l + 1, W - 1);
+          copy_short(s + 1, rt, W - 1);
           rt[W - 1] = T(0);
         }
       }

@@ -1,0 +1,77 @@
+// float32 vector form of the Row LSTM cell forward for the CPU kernel (any at::vec width).
+//
+// The scan's element math (5 transcendentals per cell) costs about as much as its GEMMs, so the
+// generic form in row_lstm_scan.h (sign-split sigmoid/tanh around an exp with full inf/NaN and
+// denormal handling) is specialised here with the same results to a few ulp:
+//   sigmoid(z) = 1 / (1 + e^-z),   tanh(z) = m / (m + 2) with m = e^2z - 1 (expm1),
+// where e^t takes t clamped to [-87, 88]: its result then is a normal finite float, which is
+// all the two formulas need (they saturate to 0, 1, +-1 correctly at the clamp ends; the
+// values lost beyond them are below 1e-38 in absolute terms). e^t: t = n ln2 + r with
+// n = round(t / ln2) (the 1.5 * 2^23 rounding trick), |r| <= ln2 / 2, e^r by Cephes' expf
+// polynomial (about 1 ulp), times 2^n built in the exponent bits. NaN stays NaN.
+#pragma once
+
+#include <ATen/cpu/vec/vec.h>
+
+namespace fastgen {
+
+// e^(K z) = s (1 + q) for float vectors (s = 2^n, q = e^r - 1), K a small constant folded into
+// the argument: e^(Kz) = s + s q, and e^(Kz) - 1 = s q + (s - 1) without cancellation near 0.
+template <int K>
+inline void lstm_exp_parts(const at::vec::Vectorized<float>& z, at::vec::Vectorized<float>& s,
+                           at::vec::Vectorized<float>& q) {
+  using Vf = at::vec::Vectorized<float>;
+  using Vi = at::vec::Vectorized<int32_t>;
+  const Vf t = at::vec::clamp(z * Vf(float(K)), Vf(-87.f), Vf(88.f));
+  const Vf magic(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer
+  const Vf n = at::vec::fmadd(t, Vf(1.44269504088896341f), magic) - magic;
+  Vf r = at::vec::fmadd(n, Vf(-0.693145751953125f), t);  // ln2 split in two: n * hi is exact
+  r = at::vec::fmadd(n, Vf(-1.428606765330187e-06f), r);
+  Vf p(1.9875691500e-4f);
+  p = at::vec::fmadd(p, r, Vf(1.3981999507e-3f));
+  p = at::vec::fmadd(p, r, Vf(8.3334519073e-3f));
+  p = at::vec::fmadd(p, r, Vf(4.1665795894e-2f));
+  p = at::vec::fmadd(p, r, Vf(1.6666665459e-1f));
+  p = at::vec::fmadd(p, r, Vf(5.0000001201e-1f));
+  q = at::vec::fmadd(p, r * r, r);
+  s = at::vec::cast<float>(at::vec::convert_to_int_of_same_size(n + Vf(127.f)) << Vi(23));  // 2^n
+}
+
+inline at::vec::Vectorized<float> lstm_sigmoid_vec(const at::vec::Vectorized<float>& z) {
+  using Vf = at::vec::Vectorized<float>;
+  Vf s, q;
+  lstm_exp_parts<-1>(z, s, q);
+  return Vf(1.f) / (Vf(1.f) + at::vec::fmadd(s, q, s));
+}
+
+// tanh(z) = m / (m + 2), m = e^2z - 1: relative accuracy down to the tiniest z.
+inline at::vec::Vectorized<float> lstm_tanh_vec(const at::vec::Vectorized<float>& z) {
+  using Vf = at::vec::Vectorized<float>;
+  Vf s, q;
+  lstm_exp_parts<2>(z, s, q);
+  const Vf m = at::vec::fmadd(s, q, s - Vf(1.f));
+  return m / (m + Vf(2.f));
+}
+
+inline void lstm_cell_forward_vec(const at::vec::Vectorized<float>& zi, const at::vec::Vectorized<float>& zf,
+                                  const at::vec::Vectorized<float>& zg, const at::vec::Vectorized<float>& zo,
+                                  const at::vec::Vectorized<float>& c_prev, at::vec::Vectorized<float>& i,
+                                  at::vec::Vectorized<float>& f, at::vec::Vectorized<float>& g,
+                                  at::vec::Vectorized<float>& o, at::vec::Vectorized<float>& c,
+                                  at::vec::Vectorized<float>& h) {
+  i = lstm_sigmoid_vec(zi);
+  f = lstm_sigmoid_vec(zf);
+  g = lstm_tanh_vec(zg);
+  o = lstm_sigmoid_vec(zo);
+  c = at::vec::fmadd(f, c_prev, i * g);
+  h = o * lstm_tanh_vec(c);
+}
+
+// Other types (double): the generic math.
+template <typename V>
+inline void lstm_cell_forward_vec(const V& zi, const V& zf, const V& zg, const V& zo, const V& c_prev, V& i, V& f,
+                                  V& g, V& o, V& c, V& h) {
+  lstm_cell_forward(zi, zf, zg, zo, c_prev, i, f, g, o, c, h);
+}
+
+}  // namespace fastgen
