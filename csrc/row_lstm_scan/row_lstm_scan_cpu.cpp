@@ -150,19 +150,18 @@ void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* c
 }
 
 // The reverse scan of batch elements [b0, b1) on one thread; adds its weight and bias gradient
-// into gwcat (G, 3h) and gbias (G,) (thread-local buffers, summed by the caller).
+// into gwcat (G, 3h) and gbias (G,) (thread-local buffers, summed by the caller). wcat_t is
+// Wcat^T (3h, G), contiguous (oneDNN would copy a strided a operand per row).
 template <typename T>
-void backward_scan(const T* gh, const Tensor& wcat, const T* hidden, const T* cell, const T* gates,
+void backward_scan(const T* gh, const Tensor& wcat_t, const T* hidden, const T* cell, const T* gates,
                    T* gx, Tensor& gwcat, T* gbias, int64_t B, int64_t h, int64_t H, int64_t W,
                    int64_t b0, int64_t b1) {
   using Vec = at::vec::Vectorized<T>;
   const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W;
   auto opts = gwcat.options();
   Tensor dz_t = at::empty({G, nW}, opts), hcat_t = at::empty({3 * h, nW}, opts);
-  Tensor dhcat_t = at::empty({3 * h, nW}, opts);
   Tensor dh_rec_t = at::zeros({h, nW}, opts), dc_t = at::zeros({h, nW}, opts);
-  Tensor wcat_t = wcat.t();
-  T *dz = dz_t.data_ptr<T>(), *dhcat = dhcat_t.data_ptr<T>();
+  T* dz = dz_t.data_ptr<T>();
   T *dh_rec = dh_rec_t.data_ptr<T>(), *dcn = dc_t.data_ptr<T>();
   for (int64_t r = H - 1; r >= 0; --r) {
     const T* gt = gates + r * G * BW + b0 * W;
@@ -208,8 +207,10 @@ void backward_scan(const T* gh, const Tensor& wcat, const T* hidden, const T* ce
     }
     if (r == 0) break;
     build_hcat(hcat_t.data_ptr<T>(), hidden + (b0 * h * H + r - 1) * W, H * W, h * H * W, h, nb, W);
-    gwcat.addmm_(dz_t, hcat_t.t());
-    at::mm_out(dhcat_t, wcat_t, dz_t);
+    // oneDNN for float32 (fastgen_gemm.h): dz_t.t() is a transposed contiguous view, taken as is
+    addmm_nt_(gwcat, dz_t, hcat_t);
+    const Tensor dhcat_t = linear_nt(wcat_t, dz_t.t());
+    const T* dhcat = dhcat_t.const_data_ptr<T>();
     for (int64_t u = 0; u < h; ++u) {  // dh_{r-1} = shift^T(Wcat^T dz_r)
       T* d = dh_rec + u * nW;
       const T *l = dhcat + u * nW, *m = dhcat + (h + u) * nW, *rt = dhcat + (2 * h + u) * nW;
@@ -271,13 +272,14 @@ std::tuple<Tensor, Tensor, Tensor> row_lstm_scan_backward_cpu(const Tensor& grad
   if (hidden_in.numel() > 0) {
     auto gh = grad_hidden.to(acc).contiguous(), hidden = hidden_in.to(acc).contiguous();
     auto cell = cell_in.contiguous(), gates = gates_in.contiguous();
-    auto wcat = w_in.to(acc).permute({0, 2, 1}).reshape({G, 3 * h}).contiguous();
+    // Wcat^T (3h, G): wcat_t[k * h + c, j] = weight_ss[j, c, k]
+    auto wcat_t = w_in.to(acc).permute({2, 1, 0}).reshape({3 * h, G}).contiguous();
     std::mutex mu;
     AT_DISPATCH_FLOATING_TYPES(acc, "row_lstm_scan_backward_cpu", [&] {
       at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
         auto gw_local = at::zeros({G, 3 * h}, opts);
         auto gb_local = at::zeros({bias_requires_grad ? G : 0}, opts);
-        backward_scan<scalar_t>(gh.const_data_ptr<scalar_t>(), wcat, hidden.const_data_ptr<scalar_t>(),
+        backward_scan<scalar_t>(gh.const_data_ptr<scalar_t>(), wcat_t, hidden.const_data_ptr<scalar_t>(),
                                 cell.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
                                 gx.data_ptr<scalar_t>(), gw_local,
                                 bias_requires_grad ? gb_local.data_ptr<scalar_t>() : nullptr, B, h, H, W, b0, b1);
