@@ -27,28 +27,6 @@ namespace {
 
 using at::Tensor;
 
-// hcat (3h, nb, W) (backward) from a hidden row given as h[u][b][w] = src[u * su + b * sb + w], b < nb
-template <typename T>
-void build_hcat(T* hcat, const T* src, int64_t su, int64_t sb, int64_t h, int64_t nb, int64_t W) {
-  const int64_t nW = nb * W;
-  for (int64_t u = 0; u < h; ++u) {
-    T* left = hcat + u * nW;            // tap 0: h[w - 1]
-    T* mid = hcat + (h + u) * nW;       // tap 1: h[w]
-    T* right = hcat + (2 * h + u) * nW; // tap 2: h[w + 1]
-    for (int64_t b = 0; b < nb; ++b) {
-      const T* s = src + u * su + b * sb;
-      T* l = left + b * W;
-      T* m = mid + b * W;
-      T* r = right + b * W;
-      for (int64_t w = 0; w < W; ++w) m[w] = s[w];
-      l[0] = T(0);
-      for (int64_t w = 1; w < W; ++w) l[w] = s[w - 1];
-      for (int64_t w = 0; w + 1 < W; ++w) r[w] = s[w + 1];
-      r[W - 1] = T(0);
-    }
-  }
-}
-
 // Rows of a (b, channel) plane are W apart: the row loops touch thousands of short segments
 // with a large stride, which the hardware prefetcher does not follow; ask for the coming
 // rows' segments explicitly (a prefetch never faults, so the plane's end needs no check).
@@ -68,6 +46,23 @@ inline void copy_short(const T* src, T* dst, int64_t n) {
   int64_t w = 0;
   for (; w + Vec::size() <= n; w += Vec::size()) Vec::loadu(src + w).store(dst + w);
   for (; w < n; ++w) dst[w] = src[w];
+}
+
+// d[w] = m[w] + l[w + 1] + rt[w - 1] + g[w] over a row segment of W (terms outside it are 0):
+// the transposed 3-tap shift of the backward, plus the output's gradient.
+template <typename T>
+inline void shift_add(T* d, const T* m, const T* l, const T* rt, const T* g, int64_t W) {
+  using Vec = at::vec::Vectorized<T>;
+  if (W == 1) {
+    d[0] = m[0] + g[0];
+    return;
+  }
+  d[0] = m[0] + l[1] + g[0];
+  int64_t w = 1;
+  for (; w + Vec::size() <= W - 1; w += Vec::size())
+    (Vec::loadu(m + w) + Vec::loadu(l + w + 1) + Vec::loadu(rt + w - 1) + Vec::loadu(g + w)).store(d + w);
+  for (; w < W - 1; ++w) d[w] = m[w] + l[w + 1] + rt[w - 1] + g[w];
+  d[W - 1] = m[W - 1] + rt[W - 2] + g[W - 1];
 }
 
 // Element math over n contiguous cells: pre-activations x (+ s, the row's GEMM output) + bias;
@@ -149,41 +144,65 @@ void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* c
   }
 }
 
-// The reverse scan of batch elements [b0, b1) on one thread; adds its weight and bias gradient
-// into gwcat (G, 3h) and gbias (G,) (thread-local buffers, summed by the caller). wcat_t is
-// Wcat^T (3h, G), contiguous (oneDNN would copy a strided a operand per row).
+// Weight and bias gradient of batch element b, added into gwx (G, 3h + 1):
+//   gwx[:, :3h] += gx_b (G, H*W) @ hcat_b^T,  gwx[:, 3h] += gx_b @ 1  (the bias gradient),
+// where hcat_b (3h, H*W) holds, at row r, the previous row's hidden state shifted by the three
+// taps (zero in row 0): the per-row sums of dWcat = sum_r dz_r hcat_{r-1}^T as one GEMM with
+// k = H*W, off the sequential path. buf: (3h + 1) * H * W scratch.
+template <typename T>
+void weight_grad(const T* gx_b, const T* hidden_b, Tensor& gwx, T* buf, int64_t h, int64_t H, int64_t W) {
+  const int64_t HW = H * W, G = 4 * h;
+  for (int64_t c = 0; c < h; ++c) {
+    const T* src = hidden_b + c * HW;
+    T *l = buf + c * HW, *m = buf + (h + c) * HW, *rt = buf + (2 * h + c) * HW;
+    std::fill(l, l + W, T(0));
+    std::fill(m, m + W, T(0));
+    std::fill(rt, rt + W, T(0));
+    copy_short(src, m + W, HW - W);
+    for (int64_t r = 1; r < H; ++r) {
+      const T* s = src + (r - 1) * W;
+      l[r * W] = T(0);
+      copy_short(s, l + r * W + 1, W - 1);
+      copy_short(s + 1, rt + r * W, W - 1);
+      rt[r * W + W - 1] = T(0);
+    }
+  }
+  std::fill(buf + 3 * h * HW, buf + (3 * h + 1) * HW, T(1));
+  auto opts = gwx.options();
+  addmm_nt_(gwx, at::from_blob(const_cast<T*>(gx_b), {G, HW}, opts), at::from_blob(buf, {3 * h + 1, HW}, opts));
+}
+
+// The reverse scan of batch elements [b0, b1) on one thread. dh_rec carries dL/dh_r (the
+// output's gradient plus the next row's recurrent term), dc dL/dc_r; per row the cell math
+// gives dz_r (4h, nb*W) in cache, written out as gx's row r, then one GEMM
+// Wcat^T (3h, 4h) @ dz_r and its shift^T give the previous row's recurrent term. wcat_t is
+// Wcat^T, contiguous (oneDNN would copy a strided a operand every row). The weight and bias
+// gradients follow from gx and hidden afterwards (weight_grad), into gwx (G, 3h + 1).
 template <typename T>
 void backward_scan(const T* gh, const Tensor& wcat_t, const T* hidden, const T* cell, const T* gates,
-                   T* gx, Tensor& gwcat, T* gbias, int64_t B, int64_t h, int64_t H, int64_t W,
-                   int64_t b0, int64_t b1) {
+                   T* gx, Tensor& gwx, int64_t B, int64_t h, int64_t H, int64_t W, int64_t b0, int64_t b1) {
   using Vec = at::vec::Vectorized<T>;
-  const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W;
-  auto opts = gwcat.options();
-  Tensor dz_t = at::empty({G, nW}, opts), hcat_t = at::empty({3 * h, nW}, opts);
-  Tensor dh_rec_t = at::zeros({h, nW}, opts), dc_t = at::zeros({h, nW}, opts);
-  T* dz = dz_t.data_ptr<T>();
-  T *dh_rec = dh_rec_t.data_ptr<T>(), *dcn = dc_t.data_ptr<T>();
+  const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W, HW = H * W;
+  auto opts = gwx.options();
+  Tensor dz_t = at::empty({G, nW}, opts), dh_rec_t = at::empty({h, nW}, opts), dc_t = at::zeros({h, nW}, opts);
+  T *dz = dz_t.data_ptr<T>(), *dh_rec = dh_rec_t.data_ptr<T>(), *dcn = dc_t.data_ptr<T>();
+  auto seg = [&](int64_t b, int64_t ch, int64_t r) { return ((b0 + b) * ch * H + r) * W; };  // + c * HW
+  for (int64_t u = 0; u < h; ++u)
+    for (int64_t b = 0; b < nb; ++b) copy_short(gh + seg(b, h, H - 1) + u * HW, dh_rec + u * nW + b * W, W);
   for (int64_t r = H - 1; r >= 0; --r) {
     const T* gt = gates + r * G * BW + b0 * W;
     for (int64_t u = 0; u < h; ++u) {
-      T* dhr = dh_rec + u * nW;  // gather this row's output gradient into the recurrent one
-      for (int64_t b = 0; b < nb; ++b) {
-        const T* s = gh + (((b0 + b) * h + u) * H + r) * W;
-        T* d = dhr + b * W;
-        prefetch_segment(s - 2 * W, W, 0);
-        for (int64_t w = 0; w < W; ++w) d[w] += s[w];
-      }
       const T *pi = gt + u * BW, *pf = gt + (h + u) * BW, *pg = gt + (2 * h + u) * BW, *po = gt + (3 * h + u) * BW;
       const T* cr = cell + (r * h + u) * BW + b0 * W;
       const T* cp = r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr;
-      T* dc = dcn + u * nW;
+      T *dhr = dh_rec + u * nW, *dc = dcn + u * nW;
       T *di = dz + u * nW, *df = dz + (h + u) * nW, *dg = dz + (2 * h + u) * nW, *dout = dz + (3 * h + u) * nW;
       int64_t n = 0;
       for (; n + Vec::size() <= nW; n += Vec::size()) {
         Vec a, b_, c_, d_, e;
-        lstm_cell_backward(Vec::loadu(dhr + n), Vec::loadu(dc + n), Vec::loadu(pi + n), Vec::loadu(pf + n),
-                           Vec::loadu(pg + n), Vec::loadu(po + n), Vec::loadu(cr + n),
-                           cp ? Vec::loadu(cp + n) : Vec(T(0)), a, b_, c_, d_, e);
+        lstm_cell_backward_vec(Vec::loadu(dhr + n), Vec::loadu(dc + n), Vec::loadu(pi + n), Vec::loadu(pf + n),
+                               Vec::loadu(pg + n), Vec::loadu(po + n), Vec::loadu(cr + n),
+                               cp ? Vec::loadu(cp + n) : Vec(T(0)), a, b_, c_, d_, e);
         a.store(di + n); b_.store(df + n); c_.store(dg + n); d_.store(dout + n); e.store(dc + n);
       }
       for (; n < nW; ++n) {
@@ -191,40 +210,29 @@ void backward_scan(const T* gh, const Tensor& wcat_t, const T* hidden, const T* 
                               df[n], dg[n], dout[n], dc[n]);
       }
     }
-    for (int64_t j = 0; j < G; ++j) {  // grad of input_gates row r, and of the bias
-      const T* zs = dz + j * nW;
-      T acc = T(0);
+    for (int64_t j = 0; j < G; ++j)  // gx row r = dz_r
       for (int64_t b = 0; b < nb; ++b) {
-        T* xs = gx + (((b0 + b) * G + j) * H + r) * W;
-        const T* zb = zs + b * W;
-        prefetch_segment(xs - W, W, 1);
-        for (int64_t w = 0; w < W; ++w) {
-          xs[w] = zb[w];
-          acc += zb[w];
-        }
+        T* xs = gx + seg(b, G, r) + j * HW;
+        if (r >= 2) prefetch_segment(xs - 2 * W, W, 1);
+        copy_short(dz + j * nW + b * W, xs, W);
       }
-      if (gbias) gbias[j] += acc;
-    }
     if (r == 0) break;
-    build_hcat(hcat_t.data_ptr<T>(), hidden + (b0 * h * H + r - 1) * W, H * W, h * H * W, h, nb, W);
-    // oneDNN for float32 (fastgen_gemm.h): dz_t.t() is a transposed contiguous view, taken as is
-    addmm_nt_(gwcat, dz_t, hcat_t);
-    const Tensor dhcat_t = linear_nt(wcat_t, dz_t.t());
+    const Tensor dhcat_t = linear_nt(wcat_t, dz_t.t());  // oneDNN for float32; dz_t.t(): transposed contiguous
     const T* dhcat = dhcat_t.const_data_ptr<T>();
-    for (int64_t u = 0; u < h; ++u) {  // dh_{r-1} = shift^T(Wcat^T dz_r)
+    for (int64_t u = 0; u < h; ++u) {  // dh_{r-1} = shift^T(Wcat^T dz_r) + the output's gradient
       T* d = dh_rec + u * nW;
       const T *l = dhcat + u * nW, *m = dhcat + (h + u) * nW, *rt = dhcat + (2 * h + u) * nW;
       for (int64_t b = 0; b < nb; ++b) {
         const int64_t o = b * W;
-        for (int64_t w = 0; w < W; ++w) {
-          T v = m[o + w];
-          if (w + 1 < W) v += l[o + w + 1];
-          if (w >= 1) v += rt[o + w - 1];
-          d[o + w] = v;
-        }
+        const T* g = gh + seg(b, h, r - 1) + u * HW;
+        if (r >= 3) prefetch_segment(g - 2 * W, W, 0);
+        shift_add(d + o, m + o, l + o, rt + o, g, W);
       }
     }
   }
+  Tensor buf_t = at::empty({(3 * h + 1) * HW}, opts);
+  for (int64_t b = b0; b < b1; ++b)
+    weight_grad(gx + b * G * HW, hidden + b * h * HW, gwx, buf_t.data_ptr<T>(), h, H, W);
 }
 
 // Batch chunks per thread: one parallel region per call (no per-row barriers), each chunk's
@@ -267,8 +275,7 @@ std::tuple<Tensor, Tensor, Tensor> row_lstm_scan_backward_cpu(const Tensor& grad
   const auto acc = row_lstm_acc_type(dt);
   auto opts = cell_in.options();
   auto gx = at::empty({B, G, H, W}, opts);
-  auto gwcat = at::zeros({G, 3 * h}, opts);
-  auto gb = bias_requires_grad ? at::zeros({G}, opts) : at::empty({0}, opts);
+  auto gwx = at::zeros({G, 3 * h + 1}, opts);  // [dWcat | dbias]
   if (hidden_in.numel() > 0) {
     auto gh = grad_hidden.to(acc).contiguous(), hidden = hidden_in.to(acc).contiguous();
     auto cell = cell_in.contiguous(), gates = gates_in.contiguous();
@@ -277,19 +284,17 @@ std::tuple<Tensor, Tensor, Tensor> row_lstm_scan_backward_cpu(const Tensor& grad
     std::mutex mu;
     AT_DISPATCH_FLOATING_TYPES(acc, "row_lstm_scan_backward_cpu", [&] {
       at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
-        auto gw_local = at::zeros({G, 3 * h}, opts);
-        auto gb_local = at::zeros({bias_requires_grad ? G : 0}, opts);
+        auto gwx_local = at::zeros({G, 3 * h + 1}, opts);
         backward_scan<scalar_t>(gh.const_data_ptr<scalar_t>(), wcat_t, hidden.const_data_ptr<scalar_t>(),
                                 cell.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
-                                gx.data_ptr<scalar_t>(), gw_local,
-                                bias_requires_grad ? gb_local.data_ptr<scalar_t>() : nullptr, B, h, H, W, b0, b1);
+                                gx.data_ptr<scalar_t>(), gwx_local, B, h, H, W, b0, b1);
         std::lock_guard<std::mutex> lock(mu);
-        gwcat.add_(gw_local);
-        if (bias_requires_grad) gb.add_(gb_local);
+        gwx.add_(gwx_local);
       });
     });
   }
-  auto gw = gwcat.view({G, 3, h}).permute({0, 2, 1}).contiguous();
+  auto gw = gwx.narrow(1, 0, 3 * h).reshape({G, 3, h}).permute({0, 2, 1}).contiguous();
+  auto gb = bias_requires_grad ? gwx.select(1, 3 * h).contiguous() : at::empty({0}, opts);
   return {gx.to(dt), gw.to(dt), gb.to(dt)};
 }
 

@@ -1,4 +1,4 @@
-// float32 vector form of the Row LSTM cell forward for the CPU kernel (any at::vec width).
+// Vector form of the Row LSTM cell math for the CPU kernel (any at::vec width), float32 fast.
 //
 // The scan's element math (5 transcendentals per cell) costs about as much as its GEMMs, so the
 // generic form in row_lstm_scan.h (sign-split sigmoid/tanh around an exp with full inf/NaN and
@@ -12,6 +12,8 @@
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
+
+#include "row_lstm_scan/row_lstm_scan.h"
 
 namespace fastgen {
 
@@ -37,7 +39,14 @@ inline void lstm_exp_parts(const at::vec::Vectorized<float>& z, at::vec::Vectori
   s = at::vec::cast<float>(at::vec::convert_to_int_of_same_size(n + Vf(127.f)) << Vi(23));  // 2^n
 }
 
-inline at::vec::Vectorized<float> lstm_sigmoid_vec(const at::vec::Vectorized<float>& z) {
+// The activations the vector cell math uses: these for float vectors, the generic ones of
+// row_lstm_scan.h otherwise (double).
+template <typename V>
+inline V lstm_sigmoid_fast(const V& z) { return lstm_sigmoid(z); }
+template <typename V>
+inline V lstm_tanh_fast(const V& z) { return lstm_tanh(z); }
+
+inline at::vec::Vectorized<float> lstm_sigmoid_fast(const at::vec::Vectorized<float>& z) {
   using Vf = at::vec::Vectorized<float>;
   Vf s, q;
   lstm_exp_parts<-1>(z, s, q);
@@ -45,7 +54,7 @@ inline at::vec::Vectorized<float> lstm_sigmoid_vec(const at::vec::Vectorized<flo
 }
 
 // tanh(z) = m / (m + 2), m = e^2z - 1: relative accuracy down to the tiniest z.
-inline at::vec::Vectorized<float> lstm_tanh_vec(const at::vec::Vectorized<float>& z) {
+inline at::vec::Vectorized<float> lstm_tanh_fast(const at::vec::Vectorized<float>& z) {
   using Vf = at::vec::Vectorized<float>;
   Vf s, q;
   lstm_exp_parts<2>(z, s, q);
@@ -53,25 +62,28 @@ inline at::vec::Vectorized<float> lstm_tanh_vec(const at::vec::Vectorized<float>
   return m / (m + Vf(2.f));
 }
 
-inline void lstm_cell_forward_vec(const at::vec::Vectorized<float>& zi, const at::vec::Vectorized<float>& zf,
-                                  const at::vec::Vectorized<float>& zg, const at::vec::Vectorized<float>& zo,
-                                  const at::vec::Vectorized<float>& c_prev, at::vec::Vectorized<float>& i,
-                                  at::vec::Vectorized<float>& f, at::vec::Vectorized<float>& g,
-                                  at::vec::Vectorized<float>& o, at::vec::Vectorized<float>& c,
-                                  at::vec::Vectorized<float>& h) {
-  i = lstm_sigmoid_vec(zi);
-  f = lstm_sigmoid_vec(zf);
-  g = lstm_tanh_vec(zg);
-  o = lstm_sigmoid_vec(zo);
-  c = at::vec::fmadd(f, c_prev, i * g);
-  h = o * lstm_tanh_vec(c);
-}
-
-// Other types (double): the generic math.
+// lstm_cell_forward / lstm_cell_backward of row_lstm_scan.h with these activations.
 template <typename V>
 inline void lstm_cell_forward_vec(const V& zi, const V& zf, const V& zg, const V& zo, const V& c_prev, V& i, V& f,
                                   V& g, V& o, V& c, V& h) {
-  lstm_cell_forward(zi, zf, zg, zo, c_prev, i, f, g, o, c, h);
+  i = lstm_sigmoid_fast(zi);
+  f = lstm_sigmoid_fast(zf);
+  g = lstm_tanh_fast(zg);
+  o = lstm_sigmoid_fast(zo);
+  c = f * c_prev + i * g;
+  h = o * lstm_tanh_fast(c);
+}
+
+template <typename V>
+inline void lstm_cell_backward_vec(const V& dh, const V& dc_next, const V& i, const V& f, const V& g, const V& o,
+                                   const V& c, const V& c_prev, V& dzi, V& dzf, V& dzg, V& dzo, V& dc_prev) {
+  const V one(1), tc = lstm_tanh_fast(c);
+  const V dc = dc_next + dh * o * (one - tc * tc);
+  dzi = dc * g * i * (one - i);
+  dzf = dc * c_prev * f * (one - f);
+  dzg = dc * i * (one - g * g);
+  dzo = dh * tc * o * (one - o);
+  dc_prev = dc * f;
 }
 
 }  // namespace fastgen
