@@ -14,6 +14,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
 #include <mutex>
 
 #include "fastgen_cpu.h"
@@ -65,9 +67,31 @@ inline void shift_add(T* d, const T* m, const T* l, const T* rt, const T* g, int
   d[W - 1] = m[W - 1] + rt[W - 2] + g[W - 1];
 }
 
-// Element math over n contiguous cells: pre-activations x (+ s, the row's GEMM output) + bias;
-// the activated gates go to z, the cell and hidden states to cr and hr.
+// v -> p (aligned to the vector size) with a non-temporal store where the ISA has one: the
+// saved gates are not read again until the backward, so writing them around the cache saves
+// the read-for-ownership of each line (the forward is bound by memory traffic beside its GEMMs).
 template <typename T>
+inline void store_stream(const at::vec::Vectorized<T>& v, T* p) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) return _mm512_stream_ps(p, v);
+  if constexpr (std::is_same_v<T, double>) return _mm512_stream_pd(p, v);
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) return _mm256_stream_ps(p, v);
+  if constexpr (std::is_same_v<T, double>) return _mm256_stream_pd(p, v);
+#endif
+  v.store(p);
+}
+
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();  // non-temporal stores are weakly ordered: make them visible before returning
+#endif
+}
+
+// Element math over n contiguous cells: pre-activations x (+ s, the row's GEMM output) + bias;
+// the activated gates go to z (streamed if kStream: the z rows are then vector-aligned), the
+// cell and hidden states to cr and hr.
+template <bool kStream, typename T>
 inline void cell_forward_span(const T* xi, const T* xf, const T* xg, const T* xo, T* zi, T* zf, T* zg, T* zo,
                               const T* si, const T* sf, const T* sg, const T* so,
                               const T* bias4, const T* cp, T* cr, T* hr, int64_t n_total) {
@@ -83,7 +107,11 @@ inline void cell_forward_span(const T* xi, const T* xf, const T* xg, const T* xo
     }
     Vec i, f, g, o, c, hv;
     lstm_cell_forward_vec(vi, vf, vg, vo, cp ? Vec::loadu(cp + n) : Vec(T(0)), i, f, g, o, c, hv);
-    i.store(zi + n); f.store(zf + n); g.store(zg + n); o.store(zo + n);
+    if constexpr (kStream) {
+      store_stream(i, zi + n); store_stream(f, zf + n); store_stream(g, zg + n); store_stream(o, zo + n);
+    } else {
+      i.store(zi + n); f.store(zf + n); g.store(zg + n); o.store(zo + n);
+    }
     c.store(cr + n);
     hv.store(hr + n);
   }
@@ -122,12 +150,13 @@ void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* c
       const T bias4[4] = {bias ? bias[ju[0]] : T(0), bias ? bias[ju[1]] : T(0), bias ? bias[ju[2]] : T(0),
                           bias ? bias[ju[3]] : T(0)};
       T* hm = hcat + (h + u) * nW;  // tap 1 of the next row's hcat: this row's hidden state
-      cell_forward_span(xr + ju[0] * nW, xr + ju[1] * nW, xr + ju[2] * nW, xr + ju[3] * nW,
-                        gt + ju[0] * BW, gt + ju[1] * BW, gt + ju[2] * BW, gt + ju[3] * BW,
-                        st ? st + ju[0] * nW : nullptr, st ? st + ju[1] * nW : nullptr,
-                        st ? st + ju[2] * nW : nullptr, st ? st + ju[3] * nW : nullptr, bias4,
-                        r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr,
-                        cell + (r * h + u) * BW + b0 * W, hm, nW);
+      T* z4[4] = {gt + ju[0] * BW, gt + ju[1] * BW, gt + ju[2] * BW, gt + ju[3] * BW};
+      const bool aligned = std::all_of(z4, z4 + 4, [](T* p) { return reinterpret_cast<uintptr_t>(p) % sizeof(at::vec::Vectorized<T>) == 0; });
+      auto span = aligned ? cell_forward_span<true, T> : cell_forward_span<false, T>;
+      span(xr + ju[0] * nW, xr + ju[1] * nW, xr + ju[2] * nW, xr + ju[3] * nW, z4[0], z4[1], z4[2], z4[3],
+           st ? st + ju[0] * nW : nullptr, st ? st + ju[1] * nW : nullptr, st ? st + ju[2] * nW : nullptr,
+           st ? st + ju[3] * nW : nullptr, bias4, r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr,
+           cell + (r * h + u) * BW + b0 * W, hm, nW);
       for (int64_t b = 0; b < nb; ++b) {
         const T* s = hm + b * W;
         copy_short(s, hidden + (((b0 + b) * h + u) * H + r) * W, W);
@@ -142,6 +171,7 @@ void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* c
       }
     }
   }
+  stream_fence();
 }
 
 // Weight and bias gradient of batch element b, added into gwx (G, 3h + 1):
