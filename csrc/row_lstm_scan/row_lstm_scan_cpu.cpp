@@ -41,7 +41,7 @@ inline void prefetch_segment(const T* p, int64_t W, int write) {
   if (write) __builtin_prefetch(p + W - 1, 1); else __builtin_prefetch(p + W - 1, 0);
 }
 
-// dst[0, n) = src[0, n) for short n (a row segment): inline vectors, no memmove call per segment.
+// dst[0, n) = src[0, n) for short n (row segments): inline vectors, no memmove call each.
 template <typename T>
 inline void copy_short(const T* src, T* dst, int64_t n) {
   using Vec = at::vec::Vectorized<T>;
@@ -157,17 +157,12 @@ void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* c
            st ? st + ju[0] * nW : nullptr, st ? st + ju[1] * nW : nullptr, st ? st + ju[2] * nW : nullptr,
            st ? st + ju[3] * nW : nullptr, bias4, r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr,
            cell + (r * h + u) * BW + b0 * W, hm, nW);
-      for (int64_t b = 0; b < nb; ++b) {
-        const T* s = hm + b * W;
-        copy_short(s, hidden + (((b0 + b) * h + u) * H + r) * W, W);
-        if (r + 1 < H) {  // taps 0 and 2: this row's hidden shifted right and left
-          T* l = hcat + u * nW + b * W;
-          T* rt = hcat + (2 * h + u) * nW + b * W;
-          l[0] = T(0);
-          copy_short(s, l + 1, W - 1);
-          copy_short(s + 1, rt, W - 1);
-          rt[W - 1] = T(0);
-        }
+      for (int64_t b = 0; b < nb; ++b) copy_short(hm + b * W, hidden + (((b0 + b) * h + u) * H + r) * W, W);
+      if (r + 1 < H) {  // taps 0 and 2: this row's hidden shifted right and left, 0 at each w border
+        T *l = hcat + u * nW, *rt = hcat + (2 * h + u) * nW;
+        copy_short(hm, l + 1, nW - 1);
+        copy_short(hm + 1, rt, nW - 1);
+        for (int64_t b = 0; b < nb; ++b) l[b * W] = rt[b * W + W - 1] = T(0);
       }
     }
   }
