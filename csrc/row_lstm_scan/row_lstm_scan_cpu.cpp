@@ -6,8 +6,12 @@
 // where Wcat[j, k*h + c] = weight_ss[j, c, k] and hcat stacks the previous row's hidden state
 // shifted by -1, 0, +1 along W (zero at the borders). The gates and cells of all rows are saved
 // in that layout, (H, 4h, B, W) and (H, h, B, W); the backward runs the rows in reverse:
-//   dz_r from the cell math (row_lstm_scan.h), dWcat += dz_r @ hcat_{r-1}^T,
-//   dh_{r-1} += shift^T(Wcat^T @ dz_r).
+//   dz_r from the cell math (row_lstm_scan.h), written out as d input_gates,
+//   dh_{r-1} = shift^T(Wcat^T @ dz_r) + dL/dh_{r-1},
+// and afterwards dWcat = sum_r dz_r hcat_{r-1}^T, dbias = sum dz as one GEMM per batch element.
+// The GEMMs go through oneDNN (fastgen_gemm.h; about twice MKL's rate here) and set the pace:
+// the rest is kept to cache-resident element math (row_lstm_scan_vec.h) and as little memory
+// traffic as the saved state allows.
 // Threads split the batch: one parallel region per call, each thread scanning its batch chunk
 // with single-threaded GEMMs and at::vec element math, so no barrier per row (robust on a
 // loaded machine). bfloat16 runs in float32.
