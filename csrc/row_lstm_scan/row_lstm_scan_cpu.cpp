@@ -19,8 +19,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 #include <mutex>
+#include <type_traits>
 
 #include "fastgen_cpu.h"
 #include "fastgen_gemm.h"
@@ -101,29 +101,26 @@ inline void cell_forward_span(const T* xi, const T* xf, const T* xg, const T* xo
                               const T* bias4, const T* cp, T* cr, T* hr, int64_t n_total) {
   using Vec = at::vec::Vectorized<T>;
   const Vec bi(bias4[0]), bf(bias4[1]), bg(bias4[2]), bo(bias4[3]);
-  int64_t n = 0;
-  for (; n + Vec::size() <= n_total; n += Vec::size()) {
-    Vec vi = Vec::loadu(xi + n) + bi, vf = Vec::loadu(xf + n) + bf, vg = Vec::loadu(xg + n) + bg,
-        vo = Vec::loadu(xo + n) + bo;
+  auto step = [&](int64_t n, int64_t k) {  // k < Vec::size(): a partial vector (the same math)
+    Vec vi = Vec::loadu(xi + n, k) + bi, vf = Vec::loadu(xf + n, k) + bf, vg = Vec::loadu(xg + n, k) + bg,
+        vo = Vec::loadu(xo + n, k) + bo;
     if (si) {
-      vi = vi + Vec::loadu(si + n); vf = vf + Vec::loadu(sf + n);
-      vg = vg + Vec::loadu(sg + n); vo = vo + Vec::loadu(so + n);
+      vi = vi + Vec::loadu(si + n, k); vf = vf + Vec::loadu(sf + n, k);
+      vg = vg + Vec::loadu(sg + n, k); vo = vo + Vec::loadu(so + n, k);
     }
     Vec i, f, g, o, c, hv;
-    lstm_cell_forward_vec(vi, vf, vg, vo, cp ? Vec::loadu(cp + n) : Vec(T(0)), i, f, g, o, c, hv);
-    if constexpr (kStream) {
+    lstm_cell_forward_vec(vi, vf, vg, vo, cp ? Vec::loadu(cp + n, k) : Vec(T(0)), i, f, g, o, c, hv);
+    if (kStream && k == Vec::size()) {
       store_stream(i, zi + n); store_stream(f, zf + n); store_stream(g, zg + n); store_stream(o, zo + n);
     } else {
-      i.store(zi + n); f.store(zf + n); g.store(zg + n); o.store(zo + n);
+      i.store(zi + n, k); f.store(zf + n, k); g.store(zg + n, k); o.store(zo + n, k);
     }
-    c.store(cr + n);
-    hv.store(hr + n);
-  }
-  for (; n < n_total; ++n) {
-    T vi = xi[n] + bias4[0], vf = xf[n] + bias4[1], vg = xg[n] + bias4[2], vo = xo[n] + bias4[3];
-    if (si) { vi += si[n]; vf += sf[n]; vg += sg[n]; vo += so[n]; }
-    lstm_cell_forward<T>(vi, vf, vg, vo, cp ? cp[n] : T(0), zi[n], zf[n], zg[n], zo[n], cr[n], hr[n]);
-  }
+    c.store(cr + n, k);
+    hv.store(hr + n, k);
+  };
+  int64_t n = 0;
+  for (; n + Vec::size() <= n_total; n += Vec::size()) step(n, Vec::size());
+  if (n < n_total) step(n, n_total - n);
 }
 
 // The forward scan of batch elements [b0, b1) on one thread, which owns the columns
@@ -226,18 +223,16 @@ void backward_scan(const T* gh, const Tensor& wcat_t, const T* hidden, const T* 
       const T* cp = r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr;
       T *dhr = dh_rec + u * nW, *dc = dcn + u * nW;
       T *di = dz + u * nW, *df = dz + (h + u) * nW, *dg = dz + (2 * h + u) * nW, *dout = dz + (3 * h + u) * nW;
-      int64_t n = 0;
-      for (; n + Vec::size() <= nW; n += Vec::size()) {
+      auto step = [&](int64_t n, int64_t k) {  // k < Vec::size(): a partial vector (the same math)
         Vec a, b_, c_, d_, e;
-        lstm_cell_backward_vec(Vec::loadu(dhr + n), Vec::loadu(dc + n), Vec::loadu(pi + n), Vec::loadu(pf + n),
-                               Vec::loadu(pg + n), Vec::loadu(po + n), Vec::loadu(cr + n),
-                               cp ? Vec::loadu(cp + n) : Vec(T(0)), a, b_, c_, d_, e);
-        a.store(di + n); b_.store(df + n); c_.store(dg + n); d_.store(dout + n); e.store(dc + n);
-      }
-      for (; n < nW; ++n) {
-        lstm_cell_backward<T>(dhr[n], dc[n], pi[n], pf[n], pg[n], po[n], cr[n], cp ? cp[n] : T(0), di[n],
-                              df[n], dg[n], dout[n], dc[n]);
-      }
+        lstm_cell_backward_vec(Vec::loadu(dhr + n, k), Vec::loadu(dc + n, k), Vec::loadu(pi + n, k),
+                               Vec::loadu(pf + n, k), Vec::loadu(pg + n, k), Vec::loadu(po + n, k),
+                               Vec::loadu(cr + n, k), cp ? Vec::loadu(cp + n, k) : Vec(T(0)), a, b_, c_, d_, e);
+        a.store(di + n, k); b_.store(df + n, k); c_.store(dg + n, k); d_.store(dout + n, k); e.store(dc + n, k);
+      };
+      int64_t n = 0;
+      for (; n + Vec::size() <= nW; n += Vec::size()) step(n, Vec::size());
+      if (n < nW) step(n, nW - n);
     }
     for (int64_t j = 0; j < G; ++j)  // gx row r = dz_r
       for (int64_t b = 0; b < nb; ++b) {
