@@ -1,0 +1,89 @@
+// Vector form of the Row LSTM cell math for the CPU kernel (any at::vec width), float32 fast.
+//
+// The scan's element math (5 transcendentals per cell) costs about as much as its GEMMs, so the
+// generic form in row_lstm_scan.h (sign-split sigmoid/tanh around an exp with full inf/NaN and
+// denormal handling) is specialised here with the same results to a few ulp:
+//   sigmoid(z) = 1 / (1 + e^-z),   tanh(z) = m / (m + 2) with m = e^2z - 1 (expm1),
+// where e^t takes t clamped to [-87, 88]: its result then is a normal finite float, which is
+// all the two formulas need (they saturate to 0, 1, +-1 correctly at the clamp ends; the
+// values lost beyond them are below 1e-38 in absolute terms). e^t: t = n ln2 + r with
+// n = round(t / ln2) (the 1.5 * 2^23 rounding trick), |r| <= ln2 / 2, e^r by Cephes' expf
+// polynomial (about 1 ulp), times 2^n built in the exponent bits. NaN stays NaN.
+#pragma once
+
+#include <ATen/cpu/vec/vec.h>
+
+#include "row_lstm_scan/row_lstm_scan.h"
+
+namespace fastgen {
+
+// e^(K z) = s (1 + q) for float vectors (s = 2^n, q = e^r - 1), K a small constant folded into
+// the argument: e^(Kz) = s + s q, and e^(Kz) - 1 = s q + (s - 1) without cancellation near 0.
+template <int K>
+inline void lstm_exp_parts(const at::vec::Vectorized<float>& z, at::vec::Vectorized<float>& s,
+                           at::vec::Vectorized<float>& q) {
+  using Vf = at::vec::Vectorized<float>;
+  using Vi = at::vec::Vectorized<int32_t>;
+  const Vf t = at::vec::clamp(z * Vf(float(K)), Vf(-87.f), Vf(88.f));
+  const Vf magic(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer
+  const Vf n = at::vec::fmadd(t, Vf(1.44269504088896341f), magic) - magic;
+  Vf r = at::vec::fmadd(n, Vf(-0.693145751953125f), t);  // ln2 split in two: n * hi is exact
+  r = at::vec::fmadd(n, Vf(-1.428606765330187e-06f), r);
+  Vf p(1.9875691500e-4f);
+  p = at::vec::fmadd(p, r, Vf(1.3981999507e-3f));
+  p = at::vec::fmadd(p, r, Vf(8.3334519073e-3f));
+  p = at::vec::fmadd(p, r, Vf(4.1665795894e-2f));
+  p = at::vec::fmadd(p, r, Vf(1.6666665459e-1f));
+  p = at::vec::fmadd(p, r, Vf(5.0000001201e-1f));
+  q = at::vec::fmadd(p, r * r, r);
+  s = at::vec::cast<float>(at::vec::convert_to_int_of_same_size(n + Vf(127.f)) << Vi(23));  // 2^n
+}
+
+// The activations the vector cell math uses: these for float vectors, the generic ones of
+// row_lstm_scan.h otherwise (double).
+template <typename V>
+inline V lstm_sigmoid_fast(const V& z) { return lstm_sigmoid(z); }
+template <typename V>
+inline V lstm_tanh_fast(const V& z) { return lstm_tanh(z); }
+
+inline at::vec::Vectorized<float> lstm_sigmoid_fast(const at::vec::Vectorized<float>& z) {
+  using Vf = at::vec::Vectorized<float>;
+  Vf s, q;
+  lstm_exp_parts<-1>(z, s, q);
+  return Vf(1.f) / (Vf(1.f) + at::vec::fmadd(s, q, s));
+}
+
+// tanh(z) = m / (m + 2), m = e^2z - 1: relative accuracy down to the tiniest z.
+inline at::vec::Vectorized<float> lstm_tanh_fast(const at::vec::Vectorized<float>& z) {
+  using Vf = at::vec::Vectorized<float>;
+  Vf s, q;
+  lstm_exp_parts<2>(z, s, q);
+  const Vf m = at::vec::fmadd(s, q, s - Vf(1.f));
+  return m / (m + Vf(2.f));
+}
+
+// lstm_cell_forward / lstm_cell_backward of row_lstm_scan.h with these activations.
+template <typename V>
+inline void lstm_cell_forward_vec(const V& zi, const V& zf, const V& zg, const V& zo, const V& c_prev, V& i, V& f,
+                                  V& g, V& o, V& c, V& h) {
+  i = lstm_sigmoid_fast(zi);
+  f = lstm_sigmoid_fast(zf);
+  g = lstm_tanh_fast(zg);
+  o = lstm_sigmoid_fast(zo);
+  c = f * c_prev + i * g;
+  h = o * lstm_tanh_fast(c);
+}
+
+template <typename V>
+inline void lstm_cell_backward_vec(const V& dh, const V& dc_next, const V& i, const V& f, const V& g, const V& o,
+                                   const V& c, const V& c_prev, V& dzi, V& dzf, V& dzg, V& dzo, V& dc_prev) {
+  const V one(1), tc = lstm_tanh_fast(c);
+  const V dc = dc_next + dh * o * (one - tc * tc);
+  dzi = dc * g * i * (one - i);
+  dzf = dc * c_prev * f * (one - f);
+  dzg = dc * i * (one - g * g);
+  dzo = dh * tc * o * (one - o);
+  dc_prev = dc * f;
+}
+
+}  // namespace fastgen
