@@ -8,7 +8,7 @@
 // tens of microseconds and more. Contract of that op, as measured: a is made contiguous by the op;
 // b must be contiguous or a transposed contiguous view (any other strides drop oneDNN to its
 // reference kernel, ~1000x slower), so linear_nt copies such a b first. float32 and bfloat16
-// (fp32 accumulation) go to oneDNN; float64, or a torch without oneDNN, goes to at::mm.
+// (fp32 accumulation; bf16 in AVX-512 builds) go to oneDNN; float64, or a torch without oneDNN, goes to at::mm.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -36,8 +36,15 @@ inline at::Tensor onednn_weight(const at::Tensor& b) {
 }  // namespace detail
 
 // Whether linear_nt runs oneDNN for this dtype (else at::mm).
+// bfloat16 only in an AVX-512 build: torch's oneDNN bf16 linear refuses CPUs without
+// avx512bw/vl/dq (or avx_ne_convert), and an AVX-512 build implies them.
 inline bool onednn_gemm(at::ScalarType dtype) {
-  return (dtype == at::kFloat || dtype == at::kBFloat16) && detail::onednn_linear_op() != nullptr;
+#if defined(CPU_CAPABILITY_AVX512)
+  constexpr bool kBf16 = true;
+#else
+  constexpr bool kBf16 = false;
+#endif
+  return (dtype == at::kFloat || (kBf16 && dtype == at::kBFloat16)) && detail::onednn_linear_op() != nullptr;
 }
 
 // a (m, k), b (n, k), bias (n) or none -> a b^T + bias, a new contiguous (m, n) tensor.
