@@ -13,6 +13,7 @@ import os
 import sys
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastgen  # noqa: E402
@@ -44,6 +45,12 @@ def _case(which, kind, shape, repeats, triad):
     ref_fn, op_fn = _loss_fns(which, kind)
     compiled, compile_s = compile_timed(ref_fn, real, fake, backward=True)
     providers = {"eager reference": ref_fn, "torch.compile(reference)": compiled}
+    bce_name = None
+    if which == "discriminator" and kind == "bce":  # the usual eager way, besides the reference
+        bce_name = "eager F.binary_cross_entropy_with_logits"
+        ones, zeros = torch.ones_like(real.detach()), torch.zeros_like(fake.detach())
+        providers[bce_name] = lambda r, f: (F.binary_cross_entropy_with_logits(r, ones)
+                                            + F.binary_cross_entropy_with_logits(f, zeros))
     if _ext.AVAILABLE:
         providers["fastgen cpp"] = _with_impl(op_fn, "cpp")
     inputs = (real, fake) if which == "discriminator" else (fake,)
@@ -75,6 +82,8 @@ def _case(which, kind, shape, repeats, triad):
                 gbs = traffic * real.element_size() / t / 1e9
                 row["gbs"] = gbs
                 notes.append(f"{gbs:.1f} GB/s = {gbs / triad:.0%} of triad")
+            if bce_name is not None and name != bce_name:
+                notes.append(f"{times[bce_name] / t:.2f}x vs eager BCE-with-logits")
             if name.startswith("torch.compile") and mode == "fwd":
                 notes.append(f"first call {compile_s:.1f} s")
             if notes:

@@ -1,23 +1,27 @@
-// The Python module stub of fastgen._C. Importing it loads this shared library, whose static
+// The Python module fastgen._C. Importing it loads this shared library, whose static
 // initialisers register the fastgen:: ops (schemas in csrc/<op>/<op>.cpp, kernels beside them).
-#include <Python.h>
+// Its only function is an eager fast path for a dispatch-bound op; everything else goes through
+// torch.ops.fastgen.
+#include <torch/extension.h>
 
-static struct PyModuleDef fastgen_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+namespace fastgen {
+std::tuple<at::Tensor, at::Tensor> reparameterize_call(const at::Tensor& mu, const at::Tensor& logvar,
+                                                       const at::Tensor& eps);  // reparameterize.cpp
+}  // namespace fastgen
 
-PyMODINIT_FUNC PyInit__C(void) {
-  PyObject* m = PyModule_Create(&fastgen_module);
-  if (m == nullptr) return nullptr;
+PYBIND11_MODULE(_C, m) {
 #ifdef FASTGEN_WITH_CUDA
-  PyModule_AddIntConstant(m, "cuda_built", 1);
+  m.attr("cuda_built") = 1;
 #else
-  PyModule_AddIntConstant(m, "cuda_built", 0);
+  m.attr("cuda_built") = 0;
 #endif
 #if defined(CPU_CAPABILITY_AVX512)
-  PyModule_AddStringConstant(m, "cpu_capability", "avx512");
+  m.attr("cpu_capability") = "avx512";
 #elif defined(CPU_CAPABILITY_AVX2)
-  PyModule_AddStringConstant(m, "cpu_capability", "avx2");
+  m.attr("cpu_capability") = "avx2";
 #else
-  PyModule_AddStringConstant(m, "cpu_capability", "default");
+  m.attr("cpu_capability") = "default";
 #endif
-  return m;
+  m.def("reparameterize", &fastgen::reparameterize_call, "torch.ops.fastgen.reparameterize, called natively",
+        pybind11::arg("mu"), pybind11::arg("logvar"), pybind11::arg("eps"));
 }

@@ -7,11 +7,13 @@ try:
     from fastgen import _C  # noqa: F401  (loading it registers the fastgen:: ops)
 
     AVAILABLE = True
+    native = _C  # native bindings (eager fast paths of dispatch-bound ops)
     CUDA_BUILT = bool(getattr(_C, "cuda_built", False))
     CPU_CAPABILITY = getattr(_C, "cpu_capability", "default")  # at::vec width of the CPU kernels
     LOAD_ERROR = None
 except (ImportError, OSError) as exc:  # not built, or built against another torch
     AVAILABLE = False
+    native = None
     CUDA_BUILT = False
     CPU_CAPABILITY = None
     LOAD_ERROR = exc

@@ -79,8 +79,8 @@ def _can_serve(impl, device_type):
 
 def select(op, device, gpu_default="cuda"):
     """The implementation that runs `op` on tensors of `device`; raises if the asked one can't."""
-    device_type = device.type if hasattr(device, "type") else str(device)
     impl = _state["impl"]
+    device_type = getattr(device, "type", None) or str(device)
     if impl == "auto":
         if device_type == "cpu":
             return "cpp" if _ext.AVAILABLE else "reference"

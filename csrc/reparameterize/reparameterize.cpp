@@ -59,6 +59,14 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_autograd(const at::Tensor& mu,
 }
 
 }  // namespace
+// The op through the whole dispatcher (autograd included), for fastgen._C.reparameterize: the
+// eager fast path of fastgen.ops.reparameterize, which skips torch.ops' boxed argument parsing
+// (about 1.5 us of a 25 us forward+backward at 128x32).
+std::tuple<at::Tensor, at::Tensor> reparameterize_call(const at::Tensor& mu, const at::Tensor& logvar,
+                                                       const at::Tensor& eps) {
+  return call_forward(mu, logvar, eps);
+}
+
 }  // namespace fastgen
 
 TORCH_LIBRARY_FRAGMENT(fastgen, m) {

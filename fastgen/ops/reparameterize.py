@@ -9,7 +9,7 @@ custom_op, wired with register_autograd.
 """
 import torch
 
-from fastgen import _impl
+from fastgen import _ext, _impl
 from fastgen.ops._common import FLOAT_DTYPES, check_float, check_like, register_siblings
 from fastgen.reference import reparameterize as _reference
 
@@ -70,13 +70,11 @@ register_siblings("reparameterize", _fake, _fake_backward, _setup_context, _make
 def _well_formed(mu, logvar, eps):
     """The common case in one cheap expression (at 128x32 the op costs a few microseconds, so
     the checks must too); anything else goes through the explaining checks."""
-    try:
-        return (isinstance(mu, torch.Tensor) and isinstance(logvar, torch.Tensor)
-                and isinstance(eps, torch.Tensor) and mu.dtype in FLOAT_DTYPES and mu.dim() >= 1
-                and logvar.dtype == mu.dtype and eps.dtype == mu.dtype and logvar.shape == mu.shape
-                and eps.shape == mu.shape and logvar.device == mu.device and eps.device == mu.device)
-    except AttributeError:
+    if not (isinstance(mu, torch.Tensor) and isinstance(logvar, torch.Tensor) and isinstance(eps, torch.Tensor)):
         return False
+    shape, dtype, device = mu.shape, mu.dtype, mu.device
+    return (dtype in FLOAT_DTYPES and len(shape) >= 1 and logvar.shape == shape and eps.shape == shape
+            and logvar.dtype == dtype and eps.dtype == dtype and logvar.device == device and eps.device == device)
 
 
 def reparameterize(mu, logvar, eps=None, *, generator=None):
@@ -96,8 +94,12 @@ def reparameterize(mu, logvar, eps=None, *, generator=None):
         check_like(OP, "mu", mu, "logvar", logvar)
         check_like(OP, "mu", mu, "eps", eps)
     impl = _impl.select(OP, mu.device, GPU_DEFAULT)
-    if impl == "reference":
-        return _reference.reparameterize(mu, logvar, eps)
+    if impl == "cpp" or impl == "cuda":
+        if (type(mu) is torch.Tensor and type(logvar) is torch.Tensor and type(eps) is torch.Tensor
+                and not torch.compiler.is_compiling()):
+            # eager, plain tensors: the same op through a native binding (see csrc/fastgen.cpp)
+            return _ext.native.reparameterize(mu, logvar, eps)
+        return torch.ops.fastgen.reparameterize.default(mu, logvar, eps)
     if impl == "triton":
         return torch.ops.fastgen.reparameterize_triton.default(mu, logvar, eps)
-    return torch.ops.fastgen.reparameterize.default(mu, logvar, eps)
+    return _reference.reparameterize(mu, logvar, eps)
