@@ -109,7 +109,8 @@ inline void cell_forward_span(const T* xi, const T* xf, const T* xg, const T* xo
       vg = vg + Vec::loadu(sg + n, k); vo = vo + Vec::loadu(so + n, k);
     }
     Vec i, f, g, o, c, hv;
-    lstm_cell_forward_vec(vi, vf, vg, vo, cp ? Vec::loadu(cp + n, k) : Vec(T(0)), i, f, g, o, c, hv);
+    lstm_cell_forward<Vec, LstmFastActivations>(vi, vf, vg, vo, cp ? Vec::loadu(cp + n, k) : Vec(T(0)), i, f, g,
+                                                o, c, hv);
     if (kStream && k == Vec::size()) {
       store_stream(i, zi + n); store_stream(f, zf + n); store_stream(g, zg + n); store_stream(o, zo + n);
     } else {
@@ -225,9 +226,10 @@ void backward_scan(const T* gh, const Tensor& wcat_t, const T* hidden, const T* 
       T *di = dz + u * nW, *df = dz + (h + u) * nW, *dg = dz + (2 * h + u) * nW, *dout = dz + (3 * h + u) * nW;
       auto step = [&](int64_t n, int64_t k) {  // k < Vec::size(): a partial vector (the same math)
         Vec a, b_, c_, d_, e;
-        lstm_cell_backward_vec(Vec::loadu(dhr + n, k), Vec::loadu(dc + n, k), Vec::loadu(pi + n, k),
-                               Vec::loadu(pf + n, k), Vec::loadu(pg + n, k), Vec::loadu(po + n, k),
-                               Vec::loadu(cr + n, k), cp ? Vec::loadu(cp + n, k) : Vec(T(0)), a, b_, c_, d_, e);
+        lstm_cell_backward<Vec, LstmFastActivations>(
+            Vec::loadu(dhr + n, k), Vec::loadu(dc + n, k), Vec::loadu(pi + n, k), Vec::loadu(pf + n, k),
+            Vec::loadu(pg + n, k), Vec::loadu(po + n, k), Vec::loadu(cr + n, k),
+            cp ? Vec::loadu(cp + n, k) : Vec(T(0)), a, b_, c_, d_, e);
         a.store(di + n, k); b_.store(df + n, k); c_.store(dg + n, k); d_.store(dout + n, k); e.store(dc + n, k);
       };
       int64_t n = 0;

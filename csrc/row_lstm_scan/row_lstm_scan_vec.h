@@ -62,28 +62,13 @@ inline at::vec::Vectorized<float> lstm_tanh_fast(const at::vec::Vectorized<float
   return m / (m + Vf(2.f));
 }
 
-// lstm_cell_forward / lstm_cell_backward of row_lstm_scan.h with these activations.
-template <typename V>
-inline void lstm_cell_forward_vec(const V& zi, const V& zf, const V& zg, const V& zo, const V& c_prev, V& i, V& f,
-                                  V& g, V& o, V& c, V& h) {
-  i = lstm_sigmoid_fast(zi);
-  f = lstm_sigmoid_fast(zf);
-  g = lstm_tanh_fast(zg);
-  o = lstm_sigmoid_fast(zo);
-  c = f * c_prev + i * g;
-  h = o * lstm_tanh_fast(c);
-}
-
-template <typename V>
-inline void lstm_cell_backward_vec(const V& dh, const V& dc_next, const V& i, const V& f, const V& g, const V& o,
-                                   const V& c, const V& c_prev, V& dzi, V& dzf, V& dzg, V& dzo, V& dc_prev) {
-  const V one(1), tc = lstm_tanh_fast(c);
-  const V dc = dc_next + dh * o * (one - tc * tc);
-  dzi = dc * g * i * (one - i);
-  dzf = dc * c_prev * f * (one - f);
-  dzg = dc * i * (one - g * g);
-  dzo = dh * tc * o * (one - o);
-  dc_prev = dc * f;
-}
+// The activations the CPU kernel hands to lstm_cell_forward / lstm_cell_backward of
+// row_lstm_scan.h (the CUDA kernel's cell formulas, so the CPU tests exercise them).
+struct LstmFastActivations {
+  template <typename V>
+  static V sigmoid(const V& z) { return lstm_sigmoid_fast(z); }
+  template <typename V>
+  static V tanh(const V& z) { return lstm_tanh_fast(z); }
+};
 
 }  // namespace fastgen
