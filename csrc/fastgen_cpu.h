@@ -8,7 +8,9 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <array>
+#include <type_traits>
 
 #include "fastgen_math.h"
 
@@ -39,6 +41,29 @@ struct VecBlock<at::BFloat16> {
     at::vec::convert_from_float<at::BFloat16>(v[0], v[1]).store(p);
   }
 };
+
+// dst (cols, rows) = src (rows, cols)^T, cast to D; lds, ldd: row strides. In 8 x 8 tiles, a full
+// float tile by at::vec::transpose_mxn's register shuffles: ATen's copy of a transposed view
+// walks one side with a large stride, several times slower. (With AVX-512, GCC 12 warns
+// -Wmaybe-uninitialized inside torch's header for it; the shuffles are fine.)
+template <typename S, typename D>
+void transpose_tiles(const S* src, int64_t lds, D* dst, int64_t ldd, int64_t rows, int64_t cols) {
+  constexpr int64_t B = 8;
+  for (int64_t i0 = 0; i0 < rows; i0 += B) {
+    const int64_t i1 = std::min(rows, i0 + B);
+    for (int64_t j0 = 0; j0 < cols; j0 += B) {
+      const int64_t j1 = std::min(cols, j0 + B);
+      if constexpr (std::is_same_v<S, float> && std::is_same_v<D, float>) {
+        if (i1 - i0 == B && j1 - j0 == B) {
+          at::vec::transpose_mxn<float, B, B>(src + i0 * lds + j0, lds, dst + j0 * ldd + i0, ldd);
+          continue;
+        }
+      }
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t i = i0; i < i1; ++i) dst[j * ldd + i] = static_cast<D>(src[i * lds + j]);
+    }
+  }
+}
 
 // Grain size for at::parallel_for over rows of `cols` elements: about 32K elements a task.
 inline int64_t row_grain(int64_t cols) {

@@ -16,6 +16,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "fastgen_cpu.h"
+
 namespace fastgen {
 
 struct Shift {
@@ -28,8 +30,8 @@ struct Chunk {
 };
 
 // Source row t[n, :, r, :] as w pixels of c channels (NHWC) in dtype D, into buf; returns buf,
-// or the row itself when t is channels-last in D already. NCHW rows are transposed in blocks of
-// channels, so each source row is read once, sequentially, and the block stays in L1.
+// or the row itself when t is channels-last in D already. NCHW rows are transposed in 8 x 8 tiles
+// (transpose_tiles), so each source row is read once and a tile stays in registers.
 template <typename S, typename D>
 const D* nhwc_row(const S* t, int64_t s_c, int64_t s_w, int64_t c, int64_t w, D* buf) {
   if (s_c == 1) {
@@ -40,20 +42,12 @@ const D* nhwc_row(const S* t, int64_t s_c, int64_t s_w, int64_t c, int64_t w, D*
       for (int64_t k = 0; k < c; ++k) buf[q * c + k] = static_cast<D>(t[q * s_w + k]);
     return buf;
   }
-  int64_t k_done = 0;
-  if constexpr (std::is_same_v<S, float> && std::is_same_v<D, float>) {
-    if (s_w == 1) {  // NCHW float: 8 x 8 register transposes (at::vec), the ragged edges below
-      const int64_t q8 = w / 8 * 8;
-      for (; k_done + 8 <= c; k_done += 8) {
-        for (int64_t q = 0; q < q8; q += 8)
-          at::vec::transpose_mxn<float, 8, 8>(t + k_done * s_c + q, s_c, buf + q * c + k_done, c);
-        for (int64_t q = q8; q < w; ++q)
-          for (int64_t k = k_done; k < k_done + 8; ++k) buf[q * c + k] = t[k * s_c + q];
-      }
-    }
+  if (s_w == 1) {  // an NCHW row: the (c, w) block of channels transposed to (w, c)
+    transpose_tiles<S, D>(t, s_c, buf, c, c, w);
+    return buf;
   }
   constexpr int64_t kBlock = 16;
-  for (int64_t k0 = k_done; k0 < c; k0 += kBlock) {
+  for (int64_t k0 = 0; k0 < c; k0 += kBlock) {
     const int64_t kn = std::min(kBlock, c - k0);
     for (int64_t q = 0; q < w; ++q) {
       const S* px = t + k0 * s_c + q * s_w;

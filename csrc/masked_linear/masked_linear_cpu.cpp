@@ -18,7 +18,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <type_traits>
 #include <vector>
 
 #include "fastgen_cpu.h"
@@ -76,38 +75,13 @@ void run_pieces(std::vector<Piece> pieces, int64_t macs, F fn) {
   });
 }
 
-// dst (cols, rows) = src (rows, cols)^T; lds, ldd: row strides. In 8 x 8 tiles (ATen's copy of a
-// transposed view walks one side with a large stride, several times slower); with AVX2 a full
-// float tile is at::vec::transpose_mxn's register shuffles (its AVX-512 version trips GCC 12's
-// -Wmaybe-uninitialized inside torch's header, so the AVX-512 build keeps the plain loop).
-template <typename T>
-void transpose(const T* src, int64_t lds, T* dst, int64_t ldd, int64_t rows, int64_t cols) {
-  constexpr int64_t B = 8;
-  for (int64_t i0 = 0; i0 < rows; i0 += B) {
-    const int64_t i1 = std::min(rows, i0 + B);
-    for (int64_t j0 = 0; j0 < cols; j0 += B) {
-      const int64_t j1 = std::min(cols, j0 + B);
-#if defined(CPU_CAPABILITY_AVX2)
-      if constexpr (std::is_same_v<T, float>) {
-        if (i1 - i0 == B && j1 - j0 == B) {
-          at::vec::transpose_mxn<float, B, B>(src + i0 * lds + j0, lds, dst + j0 * ldd + i0, ldd);
-          continue;
-        }
-      }
-#endif
-      for (int64_t j = j0; j < j1; ++j)
-        for (int64_t i = i0; i < i1; ++i) dst[j * ldd + i] = src[i * lds + j];
-    }
-  }
-}
-
 // t (c1 - c0, n) = a[:, c0:c1]^T for a contiguous (n, cols)
 at::Tensor transposed_columns(const at::Tensor& a, int64_t c0, int64_t c1) {
   const int64_t n = a.size(0);
   auto t = at::empty({c1 - c0, n}, a.options());
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, a.scalar_type(), "masked_linear_transpose", [&] {
-    transpose<scalar_t>(a.const_data_ptr<scalar_t>() + c0, a.size(1), t.mutable_data_ptr<scalar_t>(), n, n,
-                        c1 - c0);
+    transpose_tiles<scalar_t, scalar_t>(a.const_data_ptr<scalar_t>() + c0, a.size(1), t.mutable_data_ptr<scalar_t>(),
+                                        n, n, c1 - c0);
   });
   return t;
 }
