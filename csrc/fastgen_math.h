@@ -62,60 +62,28 @@ namespace fastgen {
 template <typename S>
 inline at::vec::Vectorized<S> fg_exp(const at::vec::Vectorized<S>& x) { return x.exp(); }
 
-#if defined(CPU_CAPABILITY_AVX512)
-// float exp, inline (see the AVX2 version below for why): the same reduction and polynomial on
-// 16 lanes; the scaling by 2^n is one vscalefps, exact into the denormals and inf beyond.
-inline at::vec::Vectorized<float> fg_exp(const at::vec::Vectorized<float>& xv) {
-  const __m512 x = xv;
-  const __m512 xc = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(89.f)), _mm512_set1_ps(-104.f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xc);  // ln2 high part
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);      // ln2 low part
-  __m512 p = _mm512_set1_ps(1.f / 720.f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  __m512 y = _mm512_scalef_ps(p, n);
-  y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(88.72283935546875f), _CMP_GT_OQ), y,
-                           _mm512_set1_ps(INFINITY));
-  y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-103.972084045410156f), _CMP_LT_OQ), y,
-                           _mm512_setzero_ps());
-  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), y, x);
-}
-#elif defined(CPU_CAPABILITY_AVX2)
-// float exp, inline: through the PLT, each Sleef_expf8_u10 call costs several times the math
-// here (measured: 3x slower kernels). Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and
-// the degree-6 Taylor polynomial of e^r (truncation < 1.3e-7 relative), scaled by 2^n in two
-// steps so results down to the denormals stay exact; x > 88.72... -> inf, x < -103.98 -> 0,
-// NaN -> NaN. Max error about 1 ulp over the whole range (tested against float64 exp).
-inline at::vec::Vectorized<float> fg_exp(const at::vec::Vectorized<float>& xv) {
-  const __m256 x = xv;
-  const __m256 xc = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(89.f)), _mm256_set1_ps(-104.f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), xc);  // ln2 high part
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);      // ln2 low part
-  __m256 p = _mm256_set1_ps(1.f / 720.f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-  const __m256i ni = _mm256_cvtps_epi32(n);
-  const __m256i n1 = _mm256_srai_epi32(ni, 1);
-  const __m256i n2 = _mm256_sub_epi32(ni, n1);
-  const __m256i bias = _mm256_set1_epi32(127);
-  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
-  const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
-  __m256 y = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
-  y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, _mm256_set1_ps(88.72283935546875f), _CMP_GT_OQ));
-  y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_set1_ps(-103.972084045410156f), _CMP_LT_OQ));
-  return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+// float exp, inline, in at::vec operations (one body for every vector width): through the PLT,
+// each Sleef_expf8_u10 call costs several times the math here (measured: 3x slower kernels).
+// Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and the degree-6 Taylor polynomial of e^r
+// (truncation < 1.3e-7 relative), scaled by 2^n in two steps so results down to the denormals
+// stay exact; x > 88.72... -> inf, x < -103.98 -> 0, NaN -> NaN. Max error about 1 ulp over the
+// whole range (tested against float64 exp).
+inline at::vec::Vectorized<float> fg_exp(const at::vec::Vectorized<float>& x) {
+  using Vf = at::vec::Vectorized<float>;
+  using Vi = at::vec::Vectorized<int32_t>;
+  const Vf xc = at::vec::clamp(x, Vf(-104.f), Vf(89.f));
+  const Vf n = (xc * Vf(1.44269504088896341f)).round();
+  Vf r = at::vec::fmadd(n, Vf(-0.693145751953125f), xc);  // ln2 high part: n * hi is exact
+  r = at::vec::fmadd(n, Vf(-1.428606765330187e-06f), r);   // ln2 low part
+  Vf p(1.f / 720.f);
+  for (float c : {1.f / 120.f, 1.f / 24.f, 1.f / 6.f, 0.5f, 1.f, 1.f}) p = at::vec::fmadd(p, r, Vf(c));
+  const Vi ni = at::vec::convert_to_int_of_same_size(n);
+  const Vi n1 = ni >> Vi(1), n2 = ni - n1;
+  const Vf s1 = at::vec::cast<float>((n1 + Vi(127)) << Vi(23));  // 2^n1
+  const Vf s2 = at::vec::cast<float>((n2 + Vi(127)) << Vi(23));  // 2^n2
+  // the clamp ends need no special case: e^89 overflows to inf and e^-104 rounds to 0 on their own
+  return Vf::blendv(p * s1 * s2, x, x.isnan());
 }
 #endif
 template <typename S>
