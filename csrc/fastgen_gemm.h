@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
+#include <ATen/native/CPUBlas.h>
 
 #include <optional>
 
@@ -73,6 +74,25 @@ inline void addmm_nt_(at::Tensor& out, const at::Tensor& a, const at::Tensor& b)
   } else {
     out.addmm_(a, b.t());
   }
+}
+
+// c (m, n) = a (m, k) b (k, n) (+ c if accumulate) on raw row-major matrices with leading
+// dimensions lda, ldb, ldc, on the calling thread, allocating nothing: for the many small
+// per-row GEMMs of the scans, where linear_nt's dispatcher call and output allocation (~10 us)
+// would be a tenth of each product. float32 runs ATen's batch-reduce GEMM (oneDNN's brgemm
+// ukernel where the CPU has it, about linear_nt's rate here; ATen falls back to its BLAS gemm
+// elsewhere); float64 addmm_ on views of the matrices.
+inline void gemm_rowmajor(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                          int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, /*is_vnni=*/false);
+}
+
+inline void gemm_rowmajor(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
+                          int64_t ldb, double* c, int64_t ldc, bool accumulate) {
+  auto opts = at::TensorOptions().dtype(at::kDouble);
+  auto c_t = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+  c_t.addmm_(at::from_blob(const_cast<double*>(a), {m, k}, {lda, 1}, opts),
+             at::from_blob(const_cast<double*>(b), {k, n}, {ldb, 1}, opts), accumulate ? 1.0 : 0.0, 1.0);
 }
 
 }  // namespace fastgen

@@ -137,12 +137,12 @@ void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* c
   const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W;
   Tensor hcat_t = at::empty({3 * h, nW}, wcat.options()), xr_t = at::empty({G, nW}, wcat.options());
   T *hcat = hcat_t.data_ptr<T>(), *xr = xr_t.data_ptr<T>();
+  const T* wc = wcat.const_data_ptr<T>();
   auto x_seg = [&](int64_t b, int64_t j, int64_t r) { return x + (((b0 + b) * G + j) * H + r) * W; };
   for (int64_t r = 0; r < H; ++r) {
     for (int64_t j = 0; j < G; ++j)
       for (int64_t b = 0; b < nb; ++b) copy_short(x_seg(b, j, r), xr + j * nW + b * W, W);
-    Tensor s_t = r > 0 ? linear_nt(wcat, hcat_t.t()) : Tensor();
-    const T* st = r > 0 ? s_t.const_data_ptr<T>() : nullptr;
+    if (r > 0) gemm_rowmajor(G, nW, 3 * h, wc, 3 * h, hcat, nW, xr, nW, /*accumulate=*/true);
     T* gt = gates + r * G * BW + b0 * W;
     for (int64_t u = 0; u < h; ++u) {
       if (r + 1 < H)
@@ -156,8 +156,7 @@ void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* c
       const bool aligned = std::all_of(z4, z4 + 4, [](T* p) { return reinterpret_cast<uintptr_t>(p) % sizeof(at::vec::Vectorized<T>) == 0; });
       auto span = aligned ? cell_forward_span<true, T> : cell_forward_span<false, T>;
       span(xr + ju[0] * nW, xr + ju[1] * nW, xr + ju[2] * nW, xr + ju[3] * nW, z4[0], z4[1], z4[2], z4[3],
-           st ? st + ju[0] * nW : nullptr, st ? st + ju[1] * nW : nullptr, st ? st + ju[2] * nW : nullptr,
-           st ? st + ju[3] * nW : nullptr, bias4, r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr,
+           nullptr, nullptr, nullptr, nullptr, bias4, r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr,
            cell + (r * h + u) * BW + b0 * W, hm, nW);
       for (int64_t b = 0; b < nb; ++b) copy_short(hm + b * W, hidden + (((b0 + b) * h + u) * H + r) * W, W);
       if (r + 1 < H) {  // taps 0 and 2: this row's hidden shifted right and left, 0 at each w border
@@ -212,7 +211,8 @@ void backward_scan(const T* gh, const Tensor& wcat_t, const T* hidden, const T* 
   const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W, HW = H * W;
   auto opts = gwx.options();
   Tensor dz_t = at::empty({G, nW}, opts), dh_rec_t = at::empty({h, nW}, opts), dc_t = at::zeros({h, nW}, opts);
-  T *dz = dz_t.data_ptr<T>(), *dh_rec = dh_rec_t.data_ptr<T>(), *dcn = dc_t.data_ptr<T>();
+  Tensor dhcat_t = at::empty({3 * h, nW}, opts);
+  T *dz = dz_t.data_ptr<T>(), *dh_rec = dh_rec_t.data_ptr<T>(), *dcn = dc_t.data_ptr<T>(), *dhcat = dhcat_t.data_ptr<T>();
   auto seg = [&](int64_t b, int64_t ch, int64_t r) { return ((b0 + b) * ch * H + r) * W; };  // + c * HW
   for (int64_t u = 0; u < h; ++u)
     for (int64_t b = 0; b < nb; ++b) copy_short(gh + seg(b, h, H - 1) + u * HW, dh_rec + u * nW + b * W, W);
@@ -243,8 +243,7 @@ void backward_scan(const T* gh, const Tensor& wcat_t, const T* hidden, const T* 
         copy_short(dz + j * nW + b * W, xs, W);
       }
     if (r == 0) break;
-    const Tensor dhcat_t = linear_nt(wcat_t, dz_t.t());  // oneDNN for float32; dz_t.t(): transposed contiguous
-    const T* dhcat = dhcat_t.const_data_ptr<T>();
+    gemm_rowmajor(3 * h, nW, G, wcat_t.const_data_ptr<T>(), G, dz, nW, dhcat, nW, /*accumulate=*/false);
     for (int64_t u = 0; u < h; ++u) {  // dh_{r-1} = shift^T(Wcat^T dz_r) + the output's gradient
       T* d = dh_rec + u * nW;
       const T *l = dhcat + u * nW, *m = dhcat + (h + u) * nW, *rt = dhcat + (2 * h + u) * nW;
