@@ -8,10 +8,11 @@
 // in that layout, (H, 4h, B, W) and (H, h, B, W); the backward runs the rows in reverse:
 //   dz_r from the cell math (row_lstm_scan.h), written out as d input_gates,
 //   dh_{r-1} = shift^T(Wcat^T @ dz_r) + dL/dh_{r-1},
-// and afterwards dWcat = sum_r dz_r hcat_{r-1}^T, dbias = sum dz as one GEMM per batch element.
-// The GEMMs go through oneDNN (fastgen_gemm.h; about twice MKL's rate here) and set the pace:
-// the rest is kept to cache-resident element math (row_lstm_scan_vec.h) and as little memory
-// traffic as the saved state allows.
+// dbias = sum dz along the way, and afterwards dWcat = sum_r dz_r hcat_{r-1}^T as one GEMM per
+// batch element. The GEMMs run on raw matrices through oneDNN's brgemm (gemm_rowmajor in
+// fastgen_gemm.h: no dispatcher call or allocation per row; about twice MKL's rate here) and set
+// the pace: the rest is kept to cache-resident element math (row_lstm_scan_vec.h) and as little
+// memory traffic as the saved state allows.
 // Threads split the batch: one parallel region per call, each thread scanning its batch chunk
 // with single-threaded GEMMs and at::vec element math, so no barrier per row (robust on a
 // loaded machine). bfloat16 runs in float32.
@@ -34,8 +35,8 @@ namespace {
 using at::Tensor;
 
 // Rows of a (b, channel) plane are W apart: the row loops touch thousands of short segments
-// with a large stride, which the hardware prefetcher does not follow; ask for the coming
-// rows' segments explicitly (a prefetch never faults, so the plane's end needs no check).
+// far apart; ask for the coming rows' segments explicitly (a prefetch never faults, so the
+// plane's end needs no check).
 template <typename T>
 inline void prefetch_segment(const T* p, int64_t W, int write) {
   constexpr int64_t kLine = 64 / sizeof(T);
@@ -92,22 +93,17 @@ inline void stream_fence() {
 #endif
 }
 
-// Element math over n contiguous cells: pre-activations x (+ s, the row's GEMM output) + bias;
+// Element math over n contiguous cells: pre-activations x + bias;
 // the activated gates go to z (streamed if kStream: the z rows are then vector-aligned), the
 // cell and hidden states to cr and hr.
 template <bool kStream, typename T>
 inline void cell_forward_span(const T* xi, const T* xf, const T* xg, const T* xo, T* zi, T* zf, T* zg, T* zo,
-                              const T* si, const T* sf, const T* sg, const T* so,
                               const T* bias4, const T* cp, T* cr, T* hr, int64_t n_total) {
   using Vec = at::vec::Vectorized<T>;
   const Vec bi(bias4[0]), bf(bias4[1]), bg(bias4[2]), bo(bias4[3]);
   auto step = [&](int64_t n, int64_t k) {  // k < Vec::size(): a partial vector (the same math)
     Vec vi = Vec::loadu(xi + n, k) + bi, vf = Vec::loadu(xf + n, k) + bf, vg = Vec::loadu(xg + n, k) + bg,
         vo = Vec::loadu(xo + n, k) + bo;
-    if (si) {
-      vi = vi + Vec::loadu(si + n, k); vf = vf + Vec::loadu(sf + n, k);
-      vg = vg + Vec::loadu(sg + n, k); vo = vo + Vec::loadu(so + n, k);
-    }
     Vec i, f, g, o, c, hv;
     lstm_cell_forward<Vec, LstmFastActivations>(vi, vf, vg, vo, cp ? Vec::loadu(cp + n, k) : Vec(T(0)), i, f, g,
                                                 o, c, hv);
@@ -126,11 +122,12 @@ inline void cell_forward_span(const T* xi, const T* xf, const T* xg, const T* xo
 
 // The forward scan of batch elements [b0, b1) on one thread, which owns the columns
 // [b0 * W, b1 * W) of each row of the (H, channels, B, W) gates and cells workspaces. Per row:
-// gather x_r into a (4h, nb*W) buffer that stays in cache, one GEMM Wcat @ hcat (oneDNN for
-// float32; hcat_t.t() is a transposed contiguous view, which it takes as is), then the element
-// math adds x_r, the GEMM output and the bias and writes gates, cells, hidden state and the next
-// row's hcat. x is read as (b, channel) segments of W a plane apart, which the hardware
-// prefetcher does not follow: the element math of row r prefetches row r + 1's segments.
+// gather x_r into a (4h, nb*W) buffer that stays in cache, add Wcat @ hcat to it (one GEMM),
+// then the element math adds the bias and writes gates, cells and the next row's hcat, whose
+// tap 1 is then copied out as the hidden state. x (and the hidden state) are touched as
+// (b, channel) segments of W: walked plane after plane for each b, a constant stride, which
+// the core's stride prefetcher follows; row r + 1's segments are also prefetched before row r's
+// GEMM.
 template <typename T>
 void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* cell, T* gates,
                   int64_t B, int64_t h, int64_t H, int64_t W, int64_t b0, int64_t b1) {
@@ -140,14 +137,14 @@ void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* c
   const T* wc = wcat.const_data_ptr<T>();
   auto x_seg = [&](int64_t b, int64_t j, int64_t r) { return x + (((b0 + b) * G + j) * H + r) * W; };
   for (int64_t r = 0; r < H; ++r) {
-    for (int64_t j = 0; j < G; ++j)
-      for (int64_t b = 0; b < nb; ++b) copy_short(x_seg(b, j, r), xr + j * nW + b * W, W);
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t j = 0; j < G; ++j) copy_short(x_seg(b, j, r), xr + j * nW + b * W, W);
+    if (r + 1 < H)
+      for (int64_t b = 0; b < nb; ++b)
+        for (int64_t j = 0; j < G; ++j) prefetch_segment(x_seg(b, j, r + 1), W, 0);
     if (r > 0) gemm_rowmajor(G, nW, 3 * h, wc, 3 * h, hcat, nW, xr, nW, /*accumulate=*/true);
     T* gt = gates + r * G * BW + b0 * W;
     for (int64_t u = 0; u < h; ++u) {
-      if (r + 1 < H)
-        for (int64_t k = 0; k < 4; ++k)
-          for (int64_t b = 0; b < nb; ++b) prefetch_segment(x_seg(b, k * h + u, r + 1), W, 0);
       const int64_t ju[4] = {u, h + u, 2 * h + u, 3 * h + u};
       const T bias4[4] = {bias ? bias[ju[0]] : T(0), bias ? bias[ju[1]] : T(0), bias ? bias[ju[2]] : T(0),
                           bias ? bias[ju[3]] : T(0)};
@@ -156,9 +153,8 @@ void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* c
       const bool aligned = std::all_of(z4, z4 + 4, [](T* p) { return reinterpret_cast<uintptr_t>(p) % sizeof(at::vec::Vectorized<T>) == 0; });
       auto span = aligned ? cell_forward_span<true, T> : cell_forward_span<false, T>;
       span(xr + ju[0] * nW, xr + ju[1] * nW, xr + ju[2] * nW, xr + ju[3] * nW, z4[0], z4[1], z4[2], z4[3],
-           nullptr, nullptr, nullptr, nullptr, bias4, r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr,
+           bias4, r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr,
            cell + (r * h + u) * BW + b0 * W, hm, nW);
-      for (int64_t b = 0; b < nb; ++b) copy_short(hm + b * W, hidden + (((b0 + b) * h + u) * H + r) * W, W);
       if (r + 1 < H) {  // taps 0 and 2: this row's hidden shifted right and left, 0 at each w border
         T *l = hcat + u * nW, *rt = hcat + (2 * h + u) * nW;
         copy_short(hm, l + 1, nW - 1);
@@ -166,36 +162,32 @@ void forward_scan(const T* x, const T* bias, const Tensor& wcat, T* hidden, T* c
         for (int64_t b = 0; b < nb; ++b) l[b * W] = rt[b * W + W - 1] = T(0);
       }
     }
+    for (int64_t b = 0; b < nb; ++b)  // the hidden state out, plane by plane (a constant stride)
+      for (int64_t u = 0; u < h; ++u) copy_short(hcat + (h + u) * nW + b * W, hidden + (((b0 + b) * h + u) * H + r) * W, W);
   }
   stream_fence();
 }
 
-// Weight and bias gradient of batch element b, added into gwx (G, 3h + 1):
-//   gwx[:, :3h] += gx_b (G, H*W) @ hcat_b^T,  gwx[:, 3h] += gx_b @ 1  (the bias gradient),
-// where hcat_b (3h, H*W) holds, at row r, the previous row's hidden state shifted by the three
-// taps (zero in row 0): the per-row sums of dWcat = sum_r dz_r hcat_{r-1}^T as one GEMM with
-// k = H*W, off the sequential path. buf: (3h + 1) * H * W scratch.
+// Weight gradient of batch element b, added into gw (G, 3h; row stride ldw):
+//   gw += gx_b (G, H*W) @ hcat_b^T (H*W, 3h),
+// the per-row sums dWcat = sum_r dz_r hcat_{r-1}^T as one GEMM with k = (H - 1) * W (row 0's
+// hcat is zero), off the sequential path. Row r*W + w of hcat_b^T holds the previous row's
+// hidden state at w - 1, w, w + 1 (taps 0, 1, 2; zero outside the row); it is built in buf
+// ((H*W, 3h) scratch, rows from W on) by one tiled transpose of hidden_b into tap 1 and row
+// copies of that for taps 0 and 2. The product runs on the raw matrices (gemm_rowmajor: for
+// float32 oneDNN's brgemm, whose n = 3h has no ragged tail).
 template <typename T>
-void weight_grad(const T* gx_b, const T* hidden_b, Tensor& gwx, T* buf, int64_t h, int64_t H, int64_t W) {
-  const int64_t HW = H * W, G = 4 * h;
-  for (int64_t c = 0; c < h; ++c) {
-    const T* src = hidden_b + c * HW;
-    T *l = buf + c * HW, *m = buf + (h + c) * HW, *rt = buf + (2 * h + c) * HW;
-    std::fill(l, l + W, T(0));
-    std::fill(m, m + W, T(0));
-    std::fill(rt, rt + W, T(0));
-    copy_short(src, m + W, HW - W);
-    for (int64_t r = 1; r < H; ++r) {
-      const T* s = src + (r - 1) * W;
-      l[r * W] = T(0);
-      copy_short(s, l + r * W + 1, W - 1);
-      copy_short(s + 1, rt + r * W, W - 1);
-      rt[r * W + W - 1] = T(0);
-    }
+void weight_grad(const T* gx_b, const T* hidden_b, T* gw, int64_t ldw, T* buf, int64_t h, int64_t H, int64_t W) {
+  const int64_t HW = H * W, G = 4 * h, K3 = 3 * h;
+  if (H < 2) return;
+  transpose_tiles(hidden_b, HW, buf + W * K3 + h, K3, h, HW - W);
+  for (int64_t n = W; n < HW; ++n) {
+    T* row = buf + n * K3;
+    const int64_t w = n % W;
+    if (w > 0) copy_short(row - K3 + h, row, h); else std::fill(row, row + h, T(0));
+    if (w < W - 1) copy_short(row + K3 + h, row + 2 * h, h); else std::fill(row + 2 * h, row + K3, T(0));
   }
-  std::fill(buf + 3 * h * HW, buf + (3 * h + 1) * HW, T(1));
-  auto opts = gwx.options();
-  addmm_nt_(gwx, at::from_blob(const_cast<T*>(gx_b), {G, HW}, opts), at::from_blob(buf, {3 * h + 1, HW}, opts));
+  gemm_rowmajor(G, K3, HW - W, gx_b + W, HW, buf + W * K3, K3, gw, ldw, /*accumulate=*/true);
 }
 
 // The reverse scan of batch elements [b0, b1) on one thread. dh_rec carries dL/dh_r (the
@@ -203,13 +195,14 @@ void weight_grad(const T* gx_b, const T* hidden_b, Tensor& gwx, T* buf, int64_t 
 // gives dz_r (4h, nb*W) in cache, written out as gx's row r, then one GEMM
 // Wcat^T (3h, 4h) @ dz_r and its shift^T give the previous row's recurrent term. wcat_t is
 // Wcat^T, contiguous (oneDNN would copy a strided a operand every row). The weight and bias
-// gradients follow from gx and hidden afterwards (weight_grad), into gwx (G, 3h + 1).
+// gradient follows from gx and hidden afterwards (weight_grad), the bias gradient from sums of
+// dz in the cell math, into gwx (G, 3h + 1) = [dWcat | dbias].
 template <typename T>
 void backward_scan(const T* gh, const Tensor& wcat_t, const T* hidden, const T* cell, const T* gates,
-                   T* gx, Tensor& gwx, int64_t B, int64_t h, int64_t H, int64_t W, int64_t b0, int64_t b1) {
+                   T* gx, T* gwx, int64_t B, int64_t h, int64_t H, int64_t W, int64_t b0, int64_t b1) {
   using Vec = at::vec::Vectorized<T>;
-  const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W, HW = H * W;
-  auto opts = gwx.options();
+  const int64_t BW = B * W, G = 4 * h, nb = b1 - b0, nW = nb * W, HW = H * W, ldw = 3 * h + 1;
+  auto opts = wcat_t.options();
   Tensor dz_t = at::empty({G, nW}, opts), dh_rec_t = at::empty({h, nW}, opts), dc_t = at::zeros({h, nW}, opts);
   Tensor dhcat_t = at::empty({3 * h, nW}, opts);
   T *dz = dz_t.data_ptr<T>(), *dh_rec = dh_rec_t.data_ptr<T>(), *dcn = dc_t.data_ptr<T>(), *dhcat = dhcat_t.data_ptr<T>();
@@ -224,40 +217,41 @@ void backward_scan(const T* gh, const Tensor& wcat_t, const T* hidden, const T* 
       const T* cp = r > 0 ? cell + ((r - 1) * h + u) * BW + b0 * W : nullptr;
       T *dhr = dh_rec + u * nW, *dc = dcn + u * nW;
       T *di = dz + u * nW, *df = dz + (h + u) * nW, *dg = dz + (2 * h + u) * nW, *dout = dz + (3 * h + u) * nW;
-      auto step = [&](int64_t n, int64_t k) {  // k < Vec::size(): a partial vector (the same math)
-        Vec a, b_, c_, d_, e;
+      Vec sum[4] = {Vec(T(0)), Vec(T(0)), Vec(T(0)), Vec(T(0))};  // the bias gradient: sums of dz
+      auto step = [&](int64_t n, int64_t k) {  // k < Vec::size(): a partial vector (the same math;
+        Vec a, b_, c_, d_, e;                  // its zero-filled lanes give dz = 0)
         lstm_cell_backward<Vec, LstmFastActivations>(
             Vec::loadu(dhr + n, k), Vec::loadu(dc + n, k), Vec::loadu(pi + n, k), Vec::loadu(pf + n, k),
             Vec::loadu(pg + n, k), Vec::loadu(po + n, k), Vec::loadu(cr + n, k),
             cp ? Vec::loadu(cp + n, k) : Vec(T(0)), a, b_, c_, d_, e);
         a.store(di + n, k); b_.store(df + n, k); c_.store(dg + n, k); d_.store(dout + n, k); e.store(dc + n, k);
+        sum[0] = sum[0] + a; sum[1] = sum[1] + b_; sum[2] = sum[2] + c_; sum[3] = sum[3] + d_;
       };
       int64_t n = 0;
       for (; n + Vec::size() <= nW; n += Vec::size()) step(n, Vec::size());
       if (n < nW) step(n, nW - n);
+      for (int64_t q = 0; q < 4; ++q)
+        gwx[(q * h + u) * ldw + 3 * h] += at::vec::vec_reduce_all<T>([](Vec& x, Vec& y) { return x + y; }, sum[q]);
     }
-    for (int64_t j = 0; j < G; ++j)  // gx row r = dz_r
-      for (int64_t b = 0; b < nb; ++b) {
+    for (int64_t b = 0; b < nb; ++b)  // gx row r = dz_r
+      for (int64_t j = 0; j < G; ++j) {
         T* xs = gx + seg(b, G, r) + j * HW;
         if (r >= 2) prefetch_segment(xs - 2 * W, W, 1);
         copy_short(dz + j * nW + b * W, xs, W);
       }
     if (r == 0) break;
     gemm_rowmajor(3 * h, nW, G, wcat_t.const_data_ptr<T>(), G, dz, nW, dhcat, nW, /*accumulate=*/false);
-    for (int64_t u = 0; u < h; ++u) {  // dh_{r-1} = shift^T(Wcat^T dz_r) + the output's gradient
-      T* d = dh_rec + u * nW;
-      const T *l = dhcat + u * nW, *m = dhcat + (h + u) * nW, *rt = dhcat + (2 * h + u) * nW;
-      for (int64_t b = 0; b < nb; ++b) {
-        const int64_t o = b * W;
+    for (int64_t b = 0; b < nb; ++b)  // dh_{r-1} = shift^T(Wcat^T dz_r) + the output's gradient
+      for (int64_t u = 0; u < h; ++u) {
+        const int64_t o = u * nW + b * W;
         const T* g = gh + seg(b, h, r - 1) + u * HW;
         if (r >= 3) prefetch_segment(g - 2 * W, W, 0);
-        shift_add(d + o, m + o, l + o, rt + o, g, W);
+        shift_add(dh_rec + o, dhcat + h * nW + o, dhcat + o, dhcat + 2 * h * nW + o, g, W);
       }
-    }
   }
-  Tensor buf_t = at::empty({(3 * h + 1) * HW}, opts);
+  Tensor buf_t = at::empty({HW * 3 * h}, opts);
   for (int64_t b = b0; b < b1; ++b)
-    weight_grad(gx + b * G * HW, hidden + b * h * HW, gwx, buf_t.data_ptr<T>(), h, H, W);
+    weight_grad(gx + b * G * HW, hidden + b * h * HW, gwx, ldw, buf_t.data_ptr<T>(), h, H, W);
 }
 
 // Batch chunks per thread: one parallel region per call (no per-row barriers), each chunk's
@@ -312,7 +306,7 @@ std::tuple<Tensor, Tensor, Tensor> row_lstm_scan_backward_cpu(const Tensor& grad
         auto gwx_local = at::zeros({G, 3 * h + 1}, opts);
         backward_scan<scalar_t>(gh.const_data_ptr<scalar_t>(), wcat_t, hidden.const_data_ptr<scalar_t>(),
                                 cell.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
-                                gx.data_ptr<scalar_t>(), gwx_local, B, h, H, W, b0, b1);
+                                gx.data_ptr<scalar_t>(), gwx_local.data_ptr<scalar_t>(), B, h, H, W, b0, b1);
         std::lock_guard<std::mutex> lock(mu);
         gwx.add_(gwx_local);
       });
