@@ -80,8 +80,9 @@ inline void addmm_nt_(at::Tensor& out, const at::Tensor& a, const at::Tensor& b)
 // dimensions lda, ldb, ldc, on the calling thread, allocating nothing: for the many small
 // per-row GEMMs of the scans, where linear_nt's dispatcher call and output allocation (~10 us)
 // would be a tenth of each product. float32 runs ATen's batch-reduce GEMM (oneDNN's brgemm
-// ukernel where the CPU has it, about linear_nt's rate here; ATen falls back to its BLAS gemm
-// elsewhere); float64 addmm_ on views of the matrices.
+// ukernel where the CPU has it: linear_nt's engine without its per-call cost, 267-280 GFLOP/s
+// on one core here for (256, 224, 192); ATen falls back to its BLAS gemm elsewhere); float64
+// addmm_ on views of the matrices.
 inline void gemm_rowmajor(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                           int64_t ldb, float* c, int64_t ldc, bool accumulate) {
   at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, /*is_vnni=*/false);
