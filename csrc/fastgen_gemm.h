@@ -67,15 +67,6 @@ inline at::Tensor linear_nt(const at::Tensor& a, const at::Tensor& b,
   return stack[0].toTensor();
 }
 
-// out += a b^T for out (m, n) of any strides.
-inline void addmm_nt_(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  if (onednn_gemm(a.scalar_type()) && a.size(1) > 0) {
-    out.add_(linear_nt(a, b));
-  } else {
-    out.addmm_(a, b.t());
-  }
-}
-
 // c (m, n) = a (m, k) b (k, n) (+ c if accumulate) on raw row-major matrices with leading
 // dimensions lda, ldb, ldc, on the calling thread, allocating nothing: for the many small
 // per-row GEMMs of the scans, where linear_nt's dispatcher call and output allocation (~10 us)

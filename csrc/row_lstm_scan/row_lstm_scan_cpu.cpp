@@ -194,7 +194,7 @@ void weight_grad(const T* gx_b, const T* hidden_b, T* gw, int64_t ldw, T* buf, i
 // output's gradient plus the next row's recurrent term), dc dL/dc_r; per row the cell math
 // gives dz_r (4h, nb*W) in cache, written out as gx's row r, then one GEMM
 // Wcat^T (3h, 4h) @ dz_r and its shift^T give the previous row's recurrent term. wcat_t is
-// Wcat^T, contiguous (oneDNN would copy a strided a operand every row). The weight and bias
+// Wcat^T, contiguous (the row GEMM's a operand, (3h, 4h) row-major). The weight
 // gradient follows from gx and hidden afterwards (weight_grad), the bias gradient from sums of
 // dz in the cell math, into gwx (G, 3h + 1) = [dWcat | dbias].
 template <typename T>
