@@ -48,6 +48,13 @@ struct VecBlock<at::BFloat16> {
 // -Wmaybe-uninitialized inside torch's header for it; the shuffles are fine.)
 template <typename S, typename D>
 void transpose_tiles(const S* src, int64_t lds, D* dst, int64_t ldd, int64_t rows, int64_t cols) {
+#if defined(CPU_CAPABILITY_AVX512)
+  // ATen's AVX-512 float transpose works in 16 x 16 register blocks with masked edges (its
+  // 8 x 8 form is one such masked block, four times the work per element): whole matrix at once
+  if constexpr (std::is_same_v<S, float> && std::is_same_v<D, float>) {
+    return at::vec::transpose_mxn<float>(src, lds, dst, ldd, static_cast<int>(rows), static_cast<int>(cols));
+  }
+#endif
   constexpr int64_t B = 8;
   for (int64_t i0 = 0; i0 < rows; i0 += B) {
     const int64_t i1 = std::min(rows, i0 + B);
