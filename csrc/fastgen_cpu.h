@@ -42,9 +42,10 @@ struct VecBlock<at::BFloat16> {
   }
 };
 
-// dst (cols, rows) = src (rows, cols)^T, cast to D; lds, ldd: row strides. In 8 x 8 tiles, a full
-// float tile by at::vec::transpose_mxn's register shuffles: ATen's copy of a transposed view
-// walks one side with a large stride, several times slower. (With AVX-512, GCC 12 warns
+// dst (cols, rows) = src (rows, cols)^T, cast to D; lds, ldd: row strides. float by
+// at::vec::transpose_mxn's register shuffles (16 x 16 blocks in AVX-512 builds, else 8 x 8
+// tiles), the rest element by element in 8 x 8 tiles: ATen's copy of a transposed view walks
+// one side with a large stride, several times slower. (With AVX-512, GCC 12 warns
 // -Wmaybe-uninitialized inside torch's header for it; the shuffles are fine.)
 template <typename S, typename D>
 void transpose_tiles(const S* src, int64_t lds, D* dst, int64_t ldd, int64_t rows, int64_t cols) {
