@@ -26,16 +26,19 @@ def grads(fn, x, w, b, gout):
     return (y,) + torch.autograd.grad(y, (x, w, b), gout)
 
 
+def assert_grads_close(ours, ref, dtype, float64_tol=dict(rtol=1e-10, atol=1e-12)):
+    tol = float64_tol if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    for name, a, r in zip(("hidden", "grad_input", "grad_weight", "grad_bias"), ours, ref):
+        torch.testing.assert_close(a, r, **tol, msg=lambda m: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_matches_reference(impl, device, shape, dtype):
     x, w, b = make(*shape, dtype=dtype, device=device)
     gout = torch.randn(shape, dtype=dtype, device=device)
     ours = grads(row_lstm_scan, x, w, b, gout)
-    ref = grads(reference, x, w, b, gout)
-    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
-    for name, a, r in zip(("hidden", "grad_input", "grad_weight", "grad_bias"), ours, ref):
-        torch.testing.assert_close(a, r, **tol, msg=lambda m: f"{name}: {m}")
+    assert_grads_close(ours, grads(reference, x, w, b, gout), dtype)
 
 
 @pytest.mark.skipif(not _ext.AVAILABLE, reason="C++ extension not built")
@@ -49,10 +52,7 @@ def test_cpp_wide_rows(dtype):
     gout = torch.randn(shape, dtype=dtype)
     with fastgen.use_impl("cpp"):
         ours = grads(row_lstm_scan, x, w, b, gout)
-    ref = grads(reference, x, w, b, gout)
-    tol = dict(rtol=1e-10, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
-    for name, a, r in zip(("hidden", "grad_input", "grad_weight", "grad_bias"), ours, ref):
-        torch.testing.assert_close(a, r, **tol, msg=lambda m: f"{name}: {m}")
+    assert_grads_close(ours, grads(reference, x, w, b, gout), dtype, dict(rtol=1e-10, atol=1e-11))
 
 
 def test_oracle_nn_lstm(impl, device):
