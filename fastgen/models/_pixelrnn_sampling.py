@@ -48,7 +48,7 @@ class _Pixel:
         """Logits of channel ch at (r, w) from the last features; writes the drawn level."""
         hid = torch.addmm(self.h1[1], F.relu(feat), self.h1[0])
         out = torch.addmm(self.h2[1], F.relu(hid), self.h2[0])
-        logits = out.view(out.shape[0], self.model.num_levels, self.C)[:, :, ch]
+        logits = out.view(out.shape[0], self.model.num_logits, self.C)[:, :, ch]
         known = self.known[:, ch, r, w]
         if bool(known.all()):
             return

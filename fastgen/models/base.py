@@ -3,8 +3,13 @@
 A model over images x: (N, C, H, W) whose pixels take integer levels 0..K-1 (K = num_levels;
 binary by default) factorises p(x) = prod_d p(x_{o_d} | x_{o_<d}) along an ordering o of the
 D = C*H*W flattened dimensions (default: raster order over pixels, channels R -> G -> B within a
-pixel). A subclass provides `logits(x) -> (N, K, C, H, W)`: the conditional logits of every
+pixel). A subclass provides `logits(x) -> (N, L, C, H, W)`: the conditional logits of every
 dimension given the earlier ones; everything else follows here.
+
+Heads: binary pixels (K = 2) are Bernoulli, L = 1 logit per dimension, p(x_d = 1) = sigmoid(l)
+(the textbook models, half the output layer of a two-way softmax); K > 2 levels are categorical,
+L = K logits. A Bernoulli logit l is the categorical pair (0, l): `as_categorical` says so once,
+and the inverse-CDF draw goes through it, so both heads sample alike.
 
 Sampling draws one uniform per (example, step) up front, in ordering order, and turns it into a
 level by inverse CDF; every sampler reads the same uniforms, so a fast sampler and the naive one
@@ -15,7 +20,20 @@ import contextlib
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def num_logits(num_levels):
+    """Logits per dimension: 1 (Bernoulli) for binary pixels, else num_levels (categorical)."""
+    return 1 if num_levels == 2 else num_levels
+
+
+def as_categorical(logits):
+    """(n, L) head logits -> (n, K) categorical logits: a Bernoulli logit l is (0, l)."""
+    if logits.shape[1] == 1:
+        return torch.cat([torch.zeros_like(logits), logits], dim=1)
+    return logits
 
 
 def _check_shape(input_shape):
@@ -26,11 +44,12 @@ def _check_shape(input_shape):
 
 
 def inverse_cdf(logits, u):
-    """Level drawn from categorical `logits` (n, K) with uniforms `u` (n,): smallest k with
-    cdf(k) > u. Returns (n,) float."""
-    cdf = torch.softmax(logits.double(), dim=1).cumsum(dim=1)
+    """Level drawn from head `logits` (n, L) (L = 1: Bernoulli) with uniforms `u` (n,): the
+    smallest k with cdf(k) > u. Returns (n,) in the logits' dtype."""
+    cat = as_categorical(logits)
+    cdf = torch.softmax(cat.double(), dim=1).cumsum(dim=1)
     k = (cdf <= u.double().unsqueeze(1)).sum(dim=1)
-    return k.clamp_(max=logits.shape[1] - 1).to(torch.float32)
+    return k.clamp_(max=cat.shape[1] - 1).to(logits.dtype)
 
 
 class AutoregressiveModel(nn.Module, abc.ABC):
@@ -42,12 +61,13 @@ class AutoregressiveModel(nn.Module, abc.ABC):
         if not isinstance(num_levels, int) or num_levels < 2:
             raise ValueError(f"num_levels must be an int >= 2; got {num_levels!r}")
         self.num_levels = num_levels
+        self.num_logits = num_logits(num_levels)
         self.num_dims = math.prod(self.input_shape)
 
     # --- what a subclass provides -------------------------------------------------------
     @abc.abstractmethod
     def logits(self, x):
-        """x: (N, C, H, W) float levels -> (N, K, C, H, W) conditional logits."""
+        """x: (N, C, H, W) float levels -> (N, L, C, H, W) conditional logits (L = num_logits)."""
 
     def ordering(self):
         """(D,) long: flat indices into (C, H, W) in sampling order. Default: raster over
@@ -74,13 +94,25 @@ class AutoregressiveModel(nn.Module, abc.ABC):
             xf = x.double()
             if not torch.equal(xf, xf.round()) or xf.min() < 0 or xf.max() > self.num_levels - 1:
                 raise ValueError(f"{name} must hold integer levels in [0, {self.num_levels - 1}]")
-        return x.to(torch.float32) if not x.is_floating_point() else x
+        return x.to(self.dtype()) if not x.is_floating_point() else x
+
+    def dtype(self):
+        """The floating dtype of the model's parameters (float32 for a parameter-free model)."""
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
 
     def log_prob(self, x):
         """Exact log p(x) in nats: (N,)."""
         x = self.check_input(x)
-        logp = torch.log_softmax(self.logits(x), dim=1)
-        return logp.gather(1, x.long().unsqueeze(1)).squeeze(1).flatten(1).sum(1)
+        return self.log_prob_from_logits(self.logits(x), x)
+
+    def log_prob_from_logits(self, logits, x):
+        """Sum over dimensions of log p(x_d | x_<d) from logits (N, L, C, H, W): (N,)."""
+        n = x.shape[0]
+        if logits.shape[1] == 1:
+            nll = F.binary_cross_entropy_with_logits(logits[:, 0], x.to(logits.dtype), reduction="none")
+            return -nll.reshape(n, self.num_dims).sum(1)
+        logp = torch.log_softmax(logits, dim=1)
+        return logp.gather(1, x.long().unsqueeze(1)).squeeze(1).reshape(n, self.num_dims).sum(1)
 
     def bits_per_dim(self, x):
         return -self.log_prob(x) / (self.num_dims * math.log(2.0))
@@ -90,7 +122,16 @@ class AutoregressiveModel(nn.Module, abc.ABC):
         return -self.log_prob(x).mean()
 
     def num_parameters(self):
-        return sum(p.numel() for p in self.parameters())
+        """Free parameters: a masked layer's masked-out weights (exact zeros in every
+        computation) are not counted."""
+        total = sum(p.numel() for p in self.parameters())
+        for m in self.modules():
+            weight, mask = getattr(m, "weight", None), getattr(m, "mask", None)
+            if callable(mask):
+                mask = mask()
+            if isinstance(weight, nn.Parameter) and isinstance(mask, torch.Tensor):
+                total -= weight.numel() - int(torch.count_nonzero(mask.expand_as(weight)))
+        return total
 
     @torch.no_grad()
     def sample(self, n, *, conditioned_on=None, generator=None, fast=True):
@@ -99,10 +140,10 @@ class AutoregressiveModel(nn.Module, abc.ABC):
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a non-negative int; got {n!r}")
         device = next((p.device for p in self.parameters()), torch.device("cpu"))
-        x = torch.zeros((n,) + self.input_shape, device=device)
+        x = torch.zeros((n,) + self.input_shape, device=device, dtype=self.dtype())
         known = torch.zeros_like(x, dtype=torch.bool)
         if conditioned_on is not None:
-            cond = torch.as_tensor(conditioned_on).to(device=device, dtype=torch.float32)
+            cond = torch.as_tensor(conditioned_on).to(device=device, dtype=x.dtype)
             if cond.dim() != 4 or tuple(cond.shape[1:]) != self.input_shape or cond.shape[0] not in (1, n):
                 raise ValueError(f"conditioned_on must have shape (n or 1, "
                                  f"{', '.join(map(str, self.input_shape))}); got {tuple(cond.shape)}")
@@ -111,6 +152,8 @@ class AutoregressiveModel(nn.Module, abc.ABC):
             self.check_input(torch.where(known, cond, torch.zeros_like(cond)), "conditioned_on")
             x = torch.where(known, cond, x)
         u = torch.rand(n, self.num_dims, generator=generator, device=device)
+        if n == 0:
+            return x
         was_training = self.training
         self.eval()
         try:

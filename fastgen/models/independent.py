@@ -21,8 +21,11 @@ def full_joint_num_parameters(num_pixels, num_levels=2):
     return num_levels ** num_pixels - 1
 
 
-def _with_zero_level(free):
-    """(..., K-1) free logits -> (..., K) with level 0's logit pinned to 0 (identifiable)."""
+def _head_logits(free):
+    """(..., K-1) free logits -> the head's (..., L) logits: a Bernoulli logit itself when K = 2,
+    else K categorical logits with level 0's pinned to 0 (identifiable)."""
+    if free.shape[-1] == 1:
+        return free
     return torch.cat([free.new_zeros(free.shape[:-1] + (1,)), free], dim=-1)
 
 
@@ -34,18 +37,18 @@ class IndependentBernoulli(AutoregressiveModel):
         self.free_logits = nn.Parameter(torch.zeros(self.num_dims, num_levels - 1))
 
     def _dim_logits(self):
-        return _with_zero_level(self.free_logits)          # (D, K)
+        return _head_logits(self.free_logits)               # (D, L)
 
     def logits(self, x):
         x = self.check_input(x)
-        per_dim = self._dim_logits().t().reshape(self.num_levels, *self.input_shape)
+        per_dim = self._dim_logits().t().reshape(self.num_logits, *self.input_shape)
         return per_dim.unsqueeze(0).expand(x.shape[0], *per_dim.shape)
 
     def _sample_fast(self, x, known, u):
         # every conditional is known up front: one inverse-CDF call over all (example, step)
         n, order = x.shape[0], self.ordering().to(x.device)
-        logits = self._dim_logits()[order]                  # (D, K) in step order
-        draws = inverse_cdf(logits.unsqueeze(0).expand(n, -1, -1).reshape(-1, self.num_levels),
+        logits = self._dim_logits()[order]                  # (D, L) in step order
+        draws = inverse_cdf(logits.unsqueeze(0).expand(n, -1, -1).reshape(-1, self.num_logits),
                             u.reshape(-1)).view(n, -1)
         flat_x, flat_known = x.view(n, -1), known.view(n, -1)
         flat_x[:, order] = torch.where(flat_known[:, order], flat_x[:, order], draws)
@@ -63,31 +66,31 @@ class MarkovChain(AutoregressiveModel):
         self.transition_logits = nn.Parameter(torch.zeros(max(self.num_dims - 1, 0), k, k - 1))
 
     def _step_logits(self, prev):
-        """prev: (N, D-1) long levels of the previous pixel of steps 1.. -> (N, D, K)."""
-        first = _with_zero_level(self.first_logits).expand(prev.shape[0], 1, self.num_levels)
+        """prev: (N, D-1) long levels of the previous pixel of steps 1.. -> (N, D, L)."""
+        first = _head_logits(self.first_logits).expand(prev.shape[0], 1, self.num_logits)
         steps = torch.arange(self.num_dims - 1, device=prev.device)
-        rest = _with_zero_level(self.transition_logits[steps, prev])   # (N, D-1, K)
+        rest = _head_logits(self.transition_logits[steps, prev])   # (N, D-1, L)
         return torch.cat([first, rest], dim=1)
 
     def logits(self, x):
         x = self.check_input(x)
         n, order = x.shape[0], self.ordering().to(x.device)
-        xs = x.reshape(n, -1)[:, order].long()
+        xs = x.reshape(n, self.num_dims)[:, order].long()
         by_step = self._step_logits(xs[:, :-1])            # (N, D, K)
         out = torch.empty_like(by_step)
         out[:, order] = by_step
-        return out.transpose(1, 2).reshape(n, self.num_levels, *self.input_shape)
+        return out.transpose(1, 2).reshape(n, self.num_logits, *self.input_shape)
 
     def _sample_fast(self, x, known, u):
         n, order = x.shape[0], self.ordering().tolist()
         flat_x, flat_known = x.view(n, -1), known.view(n, -1)
-        first = _with_zero_level(self.first_logits)
+        first = _head_logits(self.first_logits)
         for step, d in enumerate(order):
             if step == 0:
                 logits = first.expand(n, -1)
             else:
                 prev = flat_x[:, order[step - 1]].long()
-                logits = _with_zero_level(self.transition_logits[step - 1][prev])
+                logits = _head_logits(self.transition_logits[step - 1][prev])
             draw = inverse_cdf(logits, u[:, step])
             flat_x[:, d] = torch.where(flat_known[:, d], flat_x[:, d], draw)
         return x

@@ -1,6 +1,7 @@
 """MADE: masked autoencoder for distribution estimation (Germain et al., 2015).
 
-Inputs v = x / (K-1) (D,), hidden layers of MaskedLinear + ReLU, output K logits per pixel.
+Inputs v = x / (K-1) (D,), hidden layers of MaskedLinear + ReLU, output one Bernoulli logit per
+pixel when K = 2, else K categorical logits.
 Degrees: input d has its position in the ordering, 1..D; every hidden unit a degree m in
 [min of the layer below, D-1]; a hidden unit sees the units below with degree <= m, the output
 of pixel d sees the top hidden units with degree < deg(d): the autoregressive property.
@@ -43,7 +44,7 @@ class MADE(AutoregressiveModel):
             _ordering_tensor(self, ordering, seed)   # validates an explicit permutation
         self.hidden_sizes, self.num_masks, self.seed = hidden_sizes, num_masks, seed
         self._ordering_spec = ordering
-        d, k = self.num_dims, num_levels
+        d, k = self.num_dims, self.num_logits
         sizes = (d,) + hidden_sizes
         self.hidden = torch.nn.ModuleList(
             MaskedLinear(sizes[i], sizes[i + 1], torch.ones(sizes[i + 1], sizes[i], dtype=torch.bool))
@@ -56,7 +57,7 @@ class MADE(AutoregressiveModel):
     # --- masks ------------------------------------------------------------------------------
     def _build_masks(self, index):
         """Ordering, per-layer degrees and masks of mask set `index` (deterministic in seed)."""
-        d, k = self.num_dims, self.num_levels
+        d, k = self.num_dims, self.num_logits
         g = torch.Generator().manual_seed(self.seed * 100003 + index)
         spec = self._ordering_spec
         if isinstance(spec, str) and spec == "random":
@@ -97,8 +98,8 @@ class MADE(AutoregressiveModel):
     # --- density ----------------------------------------------------------------------------
     def logits(self, x):
         x = self.check_input(x)
-        n, k = x.shape[0], self.num_levels
-        h = x.reshape(n, -1) / (k - 1)
+        n, k = x.shape[0], self.num_logits
+        h = x.reshape(n, self.num_dims) / (self.num_levels - 1)
         for layer in self.hidden:
             h = torch.relu(layer(h))
         out = self.output(h).view(n, self.num_dims, k)
@@ -127,7 +128,7 @@ class MADE(AutoregressiveModel):
             return self._sample_incremental(x, known, u)
 
     def _sample_incremental(self, x, known, u):
-        n, k, d_total = x.shape[0], self.num_levels, self.num_dims
+        n, k, d_total = x.shape[0], self.num_logits, self.num_dims
         flat_x, flat_known = x.view(n, -1), known.view(n, -1)
         layers = list(self.hidden)
         weights = [masked_weight(l.weight, l.mask) for l in layers]
@@ -156,5 +157,5 @@ class MADE(AutoregressiveModel):
             flat_x[:, d] = torch.where(flat_known[:, d], flat_x[:, d], draw)
             start = count[0][m]                               # only units of degree > step see d
             if start < act1.shape[1]:
-                act1[:, start:].addr_(flat_x[:, d] / (k - 1), weights[0][start:, d])
+                act1[:, start:].addr_(flat_x[:, d] / (self.num_levels - 1), weights[0][start:, d])
         return x

@@ -3,7 +3,7 @@
 In step order t (pixel o_t), with v = x / (K-1):
     a_t = c + sum_{s<t} W[:, o_s] v_os      (H,)  the shared, running pre-activation
     h_t = sigmoid(a_t)
-    logits_t = V[o_t] h_t + b[o_t]           (K,)
+    logits_t = V[o_t] h_t + b[o_t]           (L,): one Bernoulli logit when K = 2, else K
 Density: all a_t at once by a cumulative sum over steps, O(D H) per example. Sampling keeps a
 and adds one column of W per sampled pixel: O(D H) per example, not O(D^2 H).
 """
@@ -19,7 +19,7 @@ class NADE(AutoregressiveModel):
         super().__init__(input_shape, num_levels)
         if not isinstance(hidden_size, int) or hidden_size <= 0:
             raise ValueError(f"hidden_size must be a positive int; got {hidden_size!r}")
-        d, k, h = self.num_dims, num_levels, hidden_size
+        d, k, h = self.num_dims, self.num_logits, hidden_size
         self.hidden_size = h
         self.register_buffer("order", _ordering_tensor(self, ordering, seed))
         g = torch.Generator().manual_seed(seed)
@@ -43,8 +43,8 @@ class NADE(AutoregressiveModel):
 
     def logits(self, x):
         x = self.check_input(x)
-        n, k = x.shape[0], self.num_levels
-        v = x.reshape(n, -1)[:, self.order] / (k - 1)
+        n, k = x.shape[0], self.num_logits
+        v = x.reshape(n, self.num_dims)[:, self.order] / (self.num_levels - 1)
         hid = torch.sigmoid(self._pre_activations(v))                           # (N, D, H)
         by_step = torch.einsum("ndh,dkh->ndk", hid, self.V[self.order]) + self.b[self.order]
         out = torch.empty_like(by_step)
@@ -56,7 +56,7 @@ class NADE(AutoregressiveModel):
             return self._sample_incremental(x, known, u)
 
     def _sample_incremental(self, x, known, u):
-        n, k = x.shape[0], self.num_levels
+        n = x.shape[0]
         flat_x, flat_known = x.view(n, -1), known.view(n, -1)
         # float64 running sum: torch.cumsum accumulates float32 in double, so this reproduces
         # the density path's pre-activations bit for bit
@@ -66,5 +66,5 @@ class NADE(AutoregressiveModel):
             logits = torch.einsum("nh,kh->nk", hid, self.V[d]) + self.b[d]
             draw = inverse_cdf(logits, u[:, step])
             flat_x[:, d] = torch.where(flat_known[:, d], flat_x[:, d], draw)
-            act += ((flat_x[:, d] / (k - 1))[:, None] * self.W[:, d][None, :]).double()
+            act += ((flat_x[:, d] / (self.num_levels - 1))[:, None] * self.W[:, d][None, :]).double()
         return x

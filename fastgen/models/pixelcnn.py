@@ -44,16 +44,16 @@ def _matrix_1x1(conv):
 
 
 class _Head(nn.Module):
-    """ReLU -> masked 1x1 -> ReLU -> masked 1x1 to K logits per colour channel."""
+    """ReLU -> masked 1x1 -> ReLU -> masked 1x1 to L logits per colour channel (L = 1: Bernoulli)."""
 
-    def __init__(self, in_channels, head_channels, num_levels, data_channels):
+    def __init__(self, in_channels, head_channels, num_logits, data_channels):
         super().__init__()
-        self.k, self.c = num_levels, data_channels
+        self.k, self.c = num_logits, data_channels
         self.conv1 = MaskedConv2d(in_channels, head_channels, 1, "B", data_channels)
-        self.conv2 = MaskedConv2d(head_channels, num_levels * data_channels, 1, "B", data_channels)
+        self.conv2 = MaskedConv2d(head_channels, num_logits * data_channels, 1, "B", data_channels)
 
     def forward(self, s):
-        out = self.conv2(F.relu(self.conv1(F.relu(s))))  # (N, C*K, H, W): channel c's K logits together
+        out = self.conv2(F.relu(self.conv1(F.relu(s))))  # (N, C*L, H, W): channel c's L logits together
         n, _, h, w = out.shape
         return out.view(n, self.c, self.k, h, w).transpose(1, 2)
 
@@ -61,7 +61,7 @@ class _Head(nn.Module):
         return (_matrix_1x1(self.conv1), self.conv1.bias, _matrix_1x1(self.conv2), self.conv2.bias)
 
     def at_position(self, s, mats):
-        """s: (n, in_channels) activations at one position -> (n, C, K) logits."""
+        """s: (n, in_channels) activations at one position -> (n, C, L) logits."""
         w1, b1, w2, b2 = mats
         out = torch.addmm(b2, torch.relu(torch.addmm(b1, torch.relu(s), w1)), w2)
         return out.view(-1, self.c, self.k)
@@ -99,7 +99,7 @@ class PixelCNN(AutoregressiveModel):
         self.conv_in = MaskedConv2d(c, hidden_channels, kernel_size, "A", c)
         self.blocks = nn.ModuleList(_ResidualBlock(hidden_channels, block_kernel_size, c)
                                     for _ in range(num_layers - 1))
-        self.head = _Head(hidden_channels, head_channels, num_levels, c)
+        self.head = _Head(hidden_channels, head_channels, self.num_logits, c)
 
     def scale(self, x):
         """Levels 0..K-1 -> [-1, 1] (the network's input)."""
@@ -169,7 +169,7 @@ class GatedPixelCNN(AutoregressiveModel):
             GatedPixelCNNLayer(c if i == 0 else hidden_channels, hidden_channels,
                                kernel_size if i == 0 else block_kernel_size, first=(i == 0),
                                data_channels=c) for i in range(num_layers))
-        self.head = _Head(hidden_channels, head_channels, num_levels, c)
+        self.head = _Head(hidden_channels, head_channels, self.num_logits, c)
 
     def scale(self, x):
         return x * (2.0 / (self.num_levels - 1)) - 1.0

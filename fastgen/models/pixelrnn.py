@@ -3,8 +3,8 @@ connections, exact likelihood, and a fast sampler that advances the recurrent st
 pixel.
 
 Network: x (N, C, H, W) levels -> scaled to [0, 1] -> 7x7 causal conv (mask A) -> num_layers x
-[x + 1x1 conv(LSTM(x))] (mask B) -> ReLU -> 1x1 conv -> ReLU -> 1x1 conv to K*C channels viewed
-as (N, K, C, H, W) logits. Channel k of every feature map belongs to image channel k % C.
+[x + 1x1 conv(LSTM(x))] (mask B) -> ReLU -> 1x1 conv -> ReLU -> 1x1 conv to L*C channels viewed
+as (N, L, C, H, W) logits (L = 1 Bernoulli logit for binary pixels, else K). Channel k of every feature map belongs to image channel k % C.
 """
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ class PixelRNN(AutoregressiveModel):
             self.lstms = nn.ModuleList(DiagonalBiLSTM(R, R, "B", C) for _ in range(num_layers))
         self.residuals = nn.ModuleList(CausalConv2d(R, R, 1, "B", C) for _ in range(num_layers))
         self.head1 = CausalConv2d(R, head, 1, "B", C)
-        self.head2 = CausalConv2d(self.head1.out_channels, num_levels * C, 1, "B", C)
+        self.head2 = CausalConv2d(self.head1.out_channels, self.num_logits * C, 1, "B", C)
 
     def _dtype(self):
         return self.input_conv.weight.dtype
@@ -57,13 +57,13 @@ class PixelRNN(AutoregressiveModel):
         return self.head2(F.relu(self.head1(F.relu(feat))))
 
     def logits(self, x):
-        """x: (N, C, H, W) float levels -> (N, K, C, H, W) logits."""
+        """x: (N, C, H, W) float levels -> (N, L, C, H, W) logits."""
         feat = self.input_conv(self._scale(x))
         for lstm, res in zip(self.lstms, self.residuals):
             feat = feat + res(lstm(feat))
         out = self._head(feat)
         N, _, H, W = out.shape
-        return out.view(N, self.num_levels, self.input_shape[0], H, W)
+        return out.view(N, self.num_logits, self.input_shape[0], H, W)
 
     def _sample_fast(self, x, known, u):
         if self.kind == "row":
