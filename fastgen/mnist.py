@@ -6,8 +6,9 @@ labels int64; 50,000 / 10,000 / 10,000 images, MNIST's official 70,000). Its imp
 clashes with another package, so the file is found through the distribution's file list
 (importlib.metadata), never by importing it.
 
-A pickle can run code, so it is read by a restricted unpickler that resolves exactly three
-names, the ones numpy's array pickles use (ndarray, dtype, and the _reconstruct helper);
+A pickle can run code, so it is read by a restricted unpickler that resolves exactly the names
+numpy's array pickles use (ndarray, dtype, the _reconstruct helper, and _codecs.encode, which
+Python 3 protocol-2 pickles use to spell bytes);
 anything else is refused before it is called, and the arrays must be numeric with the expected
 shapes. The result is converted once to a uint8 `.npz` cache (no pickle inside; written
 atomically) in the user cache folder: $FASTGEN_CACHE_DIR, else $XDG_CACHE_HOME/fastgen, else
@@ -73,6 +74,9 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
             return np.ndarray
         if (module, name) == ("numpy", "dtype"):
             return np.dtype
+        if (module, name) == ("_codecs", "encode"):   # str -> bytes, nothing else
+            import codecs
+            return codecs.encode
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed")
 
 

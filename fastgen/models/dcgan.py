@@ -83,8 +83,8 @@ class DCGAN(nn.Module):
         return x
 
     def noise(self, n, generator=None):
-        device = self.discriminator.out.weight.device
-        return torch.randn((n, self.latent_dim), generator=generator, device=device)
+        w = self.discriminator.out.weight
+        return torch.randn((n, self.latent_dim), generator=generator, device=w.device, dtype=w.dtype)
 
     @torch.no_grad()
     def sample(self, n, *, generator=None):

@@ -62,7 +62,7 @@ class NADE(AutoregressiveModel):
         # the density path's pre-activations bit for bit
         act = self.c.double().expand(n, -1).clone()
         for step, d in enumerate(self.order.tolist()):
-            hid = torch.sigmoid(act.float())
+            hid = torch.sigmoid(act.to(self.W.dtype))
             logits = torch.einsum("nh,kh->nk", hid, self.V[d]) + self.b[d]
             draw = inverse_cdf(logits, u[:, step])
             flat_x[:, d] = torch.where(flat_known[:, d], flat_x[:, d], draw)

@@ -209,7 +209,8 @@ class VAE(nn.Module):
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"n must be a non-negative int; got {n!r}")
         device = self.head.proj.weight.device
-        z = torch.randn((n, self.latent_dim), generator=generator, device=device)
+        z = torch.randn((n, self.latent_dim), generator=generator, device=device,
+                        dtype=self.head.proj.weight.dtype)
         return self.decode(z, mean=mean, generator=generator)
 
     @torch.no_grad()
