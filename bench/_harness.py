@@ -8,6 +8,7 @@ import datetime
 import json
 import math
 import os
+import platform
 import statistics
 import time
 
@@ -103,8 +104,38 @@ def format_table(rows):
     return "\n".join([line(head), sep] + [line(b) for b in body])
 
 
+def cpu_model():
+    """The CPU's model name as lscpu reports it (every number names its CPU)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def vector_isa():
+    """The widest x86 vector ISA the CPU has, and whether torch.mm's MKL may use it (MKL runs
+    its AVX2 code on AMD CPUs even when they have AVX-512)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
+    except OSError:
+        flags = []
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
+    if "amx_tile" in flags:
+        isa += "+amx"
+    return isa
+
+
 def environment():
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+    import fastgen
+
+    info = fastgen.build_info()
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
+            "isa": vector_isa(), "fastgen_cpu_capability": info.get("cpu_capability"),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
