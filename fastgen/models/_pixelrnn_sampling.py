@@ -35,7 +35,7 @@ class _Pixel:
         self.model, self.x, self.known, self.u = model, x, known, u
         n, C, H, W = x.shape
         self.C, self.W = C, W
-        self.xp = F.pad(model._scale(x), (3, 3, 3, 0))  # rows r-3..r, cols w-3..w+3 at [r:r+4, w:w+7]
+        self.xp = F.pad(model.scale(x), (3, 3, 3, 0))  # rows r-3..r, cols w-3..w+3 at [r:r+4, w:w+7]
         self.in_w = model.input_conv.masked_weight()[:, :, :4, :].reshape(model.input_conv.out_channels, -1).t()
         self.in_b = model.input_conv.bias
         self.h1, self.h2 = _mat(model.head1), _mat(model.head2)

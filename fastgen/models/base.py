@@ -36,6 +36,11 @@ def as_categorical(logits):
     return logits
 
 
+def ceil_div(a, b):
+    """ceil(a / b) for positive ints."""
+    return -(-a // b)
+
+
 def _check_shape(input_shape):
     if (not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3
             or not all(isinstance(s, int) and s > 0 for s in input_shape)):
@@ -50,6 +55,12 @@ def inverse_cdf(logits, u):
     cdf = torch.softmax(cat.double(), dim=1).cumsum(dim=1)
     k = (cdf <= u.double().unsqueeze(1)).sum(dim=1)
     return k.clamp_(max=cat.shape[1] - 1).to(logits.dtype)
+
+
+def raster_ordering(input_shape):
+    """Raster order over pixels, channels R -> G -> B within a pixel: (D,) flat indices."""
+    c, h, w = input_shape
+    return torch.arange(c * h * w).view(c, h * w).t().reshape(-1)
 
 
 class AutoregressiveModel(nn.Module, abc.ABC):
@@ -72,14 +83,33 @@ class AutoregressiveModel(nn.Module, abc.ABC):
     def ordering(self):
         """(D,) long: flat indices into (C, H, W) in sampling order. Default: raster over
         pixels, channels inner."""
-        c, h, w = self.input_shape
-        idx = torch.arange(self.num_dims).view(c, h * w)
-        return idx.t().reshape(-1)
+        return raster_ordering(self.input_shape)
+
+    def ordering_tensor(self, ordering, seed):
+        """The (D,) ordering a model's `ordering` option names: "natural" (raster), "random" (a
+        permutation drawn with `seed`) or an explicit permutation of range(D), validated."""
+        d = self.num_dims
+        if isinstance(ordering, str):
+            if ordering == "natural":
+                return raster_ordering(self.input_shape)
+            if ordering == "random":
+                return torch.randperm(d, generator=torch.Generator().manual_seed(seed))
+            raise ValueError(f"ordering must be 'natural', 'random' or a permutation; got {ordering!r}")
+        perm = torch.as_tensor(ordering, dtype=torch.long).flatten()
+        if perm.numel() != d or not torch.equal(perm.sort().values, torch.arange(d)):
+            raise ValueError(f"ordering must be a permutation of range({d})")
+        return perm
 
     def _sample_fast(self, x, known, u):
         """Fill the unknown entries of x (n, C, H, W) in place from uniforms u (n, D) (step
-        order); models with a cache override it. Default: the naive sampler."""
-        return self._sample_naive(x, known, u)
+        order). Models with a step-by-step sampler define `_sample_incremental(x, known, u)`,
+        run here on one thread (its per-step ops are tiny: threads only add overhead); models
+        with another cache override this method. Default: the naive sampler."""
+        incremental = getattr(self, "_sample_incremental", None)
+        if incremental is None:
+            return self._sample_naive(x, known, u)
+        with single_threaded():
+            return incremental(x, known, u)
 
     # --- the interface ------------------------------------------------------------------
     def check_input(self, x, name="x"):

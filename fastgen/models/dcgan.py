@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import fastgen.ops as ops
+from fastgen.models.base import ceil_div
 
 G_KINDS = ("minimax", "nonsaturating", "hinge")
 D_KINDS = ("bce", "hinge")
@@ -22,7 +23,7 @@ class Generator(nn.Module):
     def __init__(self, input_shape, latent_dim, width):
         super().__init__()
         c, self.h, self.w = input_shape
-        self.h4, self.w4 = -(-(-(-self.h // 2)) // 2), -(-(-(-self.w // 2)) // 2)
+        self.h4, self.w4 = ceil_div(self.h, 4), ceil_div(self.w, 4)   # two stride-2 layers
         self.width = width
         self.fc = nn.Sequential(nn.Linear(latent_dim, 4 * width * self.h4 * self.w4, bias=False),
                                 nn.BatchNorm1d(4 * width * self.h4 * self.w4), nn.ReLU())

@@ -8,30 +8,16 @@ adds one input column per sampled pixel: O(D^2 K) per sample instead of O(D^3 K)
 """
 import torch
 
-from fastgen.models.base import AutoregressiveModel, inverse_cdf, single_threaded
+from fastgen.models.base import AutoregressiveModel, inverse_cdf
 from fastgen.nn.masked_linear import MaskedLinear
 from fastgen.reference.masked_linear import masked_weight
-
-
-def _ordering_tensor(model, ordering, generator_seed):
-    d = model.num_dims
-    if isinstance(ordering, str):
-        if ordering == "natural":
-            return AutoregressiveModel.ordering(model)
-        if ordering == "random":
-            return torch.randperm(d, generator=torch.Generator().manual_seed(generator_seed))
-        raise ValueError(f"ordering must be 'natural', 'random' or a permutation; got {ordering!r}")
-    perm = torch.as_tensor(ordering, dtype=torch.long).flatten()
-    if perm.numel() != d or not torch.equal(perm.sort().values, torch.arange(d)):
-        raise ValueError(f"ordering must be a permutation of range({d})")
-    return perm
 
 
 class FVSBN(AutoregressiveModel):
     def __init__(self, input_shape=(1, 28, 28), num_levels=2, ordering="natural", seed=0):
         super().__init__(input_shape, num_levels)
         d, k = self.num_dims, self.num_logits
-        self.register_buffer("order", _ordering_tensor(self, ordering, seed))
+        self.register_buffer("order", self.ordering_tensor(ordering, seed))
         position = torch.empty(d, dtype=torch.long)
         position[self.order] = torch.arange(d)
         mask = (position[:, None] > position[None, :]).repeat_interleave(k, dim=0)  # (D*L, D)
@@ -48,10 +34,6 @@ class FVSBN(AutoregressiveModel):
         n, k = x.shape[0], self.num_logits
         out = self.linear(x.reshape(n, self.num_dims) / (self.num_levels - 1))   # (N, D*L)
         return out.view(n, self.num_dims, k).transpose(1, 2).reshape(n, k, *self.input_shape)
-
-    def _sample_fast(self, x, known, u):
-        with single_threaded():       # tiny per-step ops: threads only add overhead
-            return self._sample_incremental(x, known, u)
 
     def _sample_incremental(self, x, known, u):
         n, k = x.shape[0], self.num_logits

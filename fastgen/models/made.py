@@ -24,8 +24,7 @@ import math
 
 import torch
 
-from fastgen.models.base import AutoregressiveModel, inverse_cdf, single_threaded
-from fastgen.models.fvsbn import _ordering_tensor
+from fastgen.models.base import AutoregressiveModel, inverse_cdf
 from fastgen.nn.masked_linear import MaskedLinear
 from fastgen.ops.masked_linear import mask_layout
 from fastgen.reference.masked_linear import masked_weight
@@ -41,7 +40,7 @@ class MADE(AutoregressiveModel):
         if not isinstance(num_masks, int) or num_masks < 1:
             raise ValueError(f"num_masks must be a positive int; got {num_masks!r}")
         if not (isinstance(ordering, str) and ordering in ("natural", "random")):
-            _ordering_tensor(self, ordering, seed)   # validates an explicit permutation
+            self.ordering_tensor(ordering, seed)   # validates an explicit permutation
         self.hidden_sizes, self.num_masks, self.seed = hidden_sizes, num_masks, seed
         self._ordering_spec = ordering
         d, k = self.num_dims, self.num_logits
@@ -63,7 +62,7 @@ class MADE(AutoregressiveModel):
         if isinstance(spec, str) and spec == "random":
             order = torch.randperm(d, generator=g)
         else:
-            order = _ordering_tensor(self, spec, self.seed)
+            order = self.ordering_tensor(spec, self.seed)
         deg_in = torch.empty(d, dtype=torch.long)
         deg_in[order] = torch.arange(1, d + 1)
         degrees, masks, below = [], [], deg_in
@@ -123,10 +122,6 @@ class MADE(AutoregressiveModel):
         return torch.logsumexp(torch.stack(logps), dim=0) - math.log(ensemble)
 
     # --- fast sampling ----------------------------------------------------------------------
-    def _sample_fast(self, x, known, u):
-        with single_threaded():       # tiny per-step ops: threads only add overhead
-            return self._sample_incremental(x, known, u)
-
     def _sample_incremental(self, x, known, u):
         n, k, d_total = x.shape[0], self.num_logits, self.num_dims
         flat_x, flat_known = x.view(n, -1), known.view(n, -1)

@@ -10,8 +10,7 @@ and adds one column of W per sampled pixel: O(D H) per example, not O(D^2 H).
 import torch
 from torch import nn
 
-from fastgen.models.base import AutoregressiveModel, inverse_cdf, single_threaded
-from fastgen.models.fvsbn import _ordering_tensor
+from fastgen.models.base import AutoregressiveModel, inverse_cdf
 
 
 class NADE(AutoregressiveModel):
@@ -21,7 +20,7 @@ class NADE(AutoregressiveModel):
             raise ValueError(f"hidden_size must be a positive int; got {hidden_size!r}")
         d, k, h = self.num_dims, self.num_logits, hidden_size
         self.hidden_size = h
-        self.register_buffer("order", _ordering_tensor(self, ordering, seed))
+        self.register_buffer("order", self.ordering_tensor(ordering, seed))
         g = torch.Generator().manual_seed(seed)
         self.W = nn.Parameter(torch.randn(h, d, generator=g) * (1.0 / d) ** 0.5)
         self.c = nn.Parameter(torch.zeros(h))
@@ -50,10 +49,6 @@ class NADE(AutoregressiveModel):
         out = torch.empty_like(by_step)
         out[:, self.order] = by_step
         return out.transpose(1, 2).reshape(n, k, *self.input_shape)
-
-    def _sample_fast(self, x, known, u):
-        with single_threaded():       # tiny per-step ops: threads only add overhead
-            return self._sample_incremental(x, known, u)
 
     def _sample_incremental(self, x, known, u):
         n = x.shape[0]

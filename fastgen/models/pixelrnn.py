@@ -50,7 +50,8 @@ class PixelRNN(AutoregressiveModel):
     def _dtype(self):
         return self.input_conv.weight.dtype
 
-    def _scale(self, x):
+    def scale(self, x):
+        """Levels 0..K-1 -> [0, 1] in the model's dtype (the network's input)."""
         return x.to(self._dtype()) / (self.num_levels - 1)
 
     def _head(self, feat):
@@ -58,7 +59,7 @@ class PixelRNN(AutoregressiveModel):
 
     def logits(self, x):
         """x: (N, C, H, W) float levels -> (N, L, C, H, W) logits."""
-        feat = self.input_conv(self._scale(x))
+        feat = self.input_conv(self.scale(x))
         for lstm, res in zip(self.lstms, self.residuals):
             feat = feat + res(lstm(feat))
         out = self._head(feat)

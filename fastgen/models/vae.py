@@ -14,6 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from fastgen.models.base import ceil_div
 from fastgen.nn.reparameterize import GaussianHead
 from fastgen.ops.reparameterize import reparameterize
 
@@ -33,7 +34,7 @@ class _ConvEncoder(nn.Module):
     def __init__(self, c, h, w, hidden):
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(c, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
-                                  nn.Flatten(), nn.Linear(64 * (-(-(-(-h // 2)) // 2)) * (-(-(-(-w // 2)) // 2)), hidden),
+                                  nn.Flatten(), nn.Linear(64 * ceil_div(h, 4) * ceil_div(w, 4), hidden),
                                   nn.ReLU())
 
     def forward(self, x):
@@ -44,7 +45,7 @@ class _ConvDecoder(nn.Module):
     def __init__(self, latent_dim, hidden, out_channels, h, w):
         super().__init__()
         self.h, self.w = h, w
-        self.h4, self.w4 = -(-(-(-h // 2)) // 2), -(-(-(-w // 2)) // 2)
+        self.h4, self.w4 = ceil_div(h, 4), ceil_div(w, 4)   # two stride-2 layers
         self.fc = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(),
                                 nn.Linear(hidden, 64 * self.h4 * self.w4), nn.ReLU())
         self.up = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
