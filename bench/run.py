@@ -52,6 +52,11 @@ def main(argv=None):
         all_rows += rows
     print("\n## summary\n")
     print(format_table([r for r in all_rows if r.get("speedup") is not None and r.get("provider", "").startswith("fastgen")]))
+    if not args.quick:  # the README's tables are generated from the JSON just written
+        from bench import readme_tables
+
+        readme_tables.main([])
+        print("README.md: measured tables regenerated from bench/results (python bench/readme_tables.py)")
     return 0
 
 
