@@ -35,7 +35,8 @@ def checksum(payload):
         if isinstance(v, torch.Tensor):
             t = v.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy
         elif isinstance(v, dict):
             h.update(f"D{len(v)}".encode())
             for k in sorted(v, key=repr):

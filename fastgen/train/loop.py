@@ -27,9 +27,10 @@ from torch import nn
 
 from fastgen import data as fdata
 from fastgen.train import distributed
-from fastgen.train.checkpoint import (CheckpointError, check_resumable, checkpoint_path, load_checkpoint,
+from fastgen.train.checkpoint import (CheckpointError, check_resumable, load_checkpoint,
                                       remove_stale_temps, save_checkpoint, write_atomic)
 from fastgen.train.lock import run_lock
+from fastgen.train.options import check_hp, check_out, check_resume_options
 from fastgen.train.registry import build_model, check_overrides, resolve_spec, user_spec
 
 BINARIZE_CHOICES = ("threshold", "stochastic", "dynamic", "none")
@@ -163,61 +164,12 @@ def train(cfg):
         distributed.cleanup(info)
 
 
-def _check_out(out):
-    """The checkpoint path of --out; refuses an existing file that is not a checkpoint path."""
-    out = os.fspath(out)
-    if os.path.exists(out) and not os.path.isdir(out) and not out.endswith(".pt"):
-        raise fdata.DataError(f"--out {out} is an existing file; --out names a run folder")
-    ckpt = checkpoint_path(out)
-    folder = os.path.dirname(os.path.abspath(ckpt))
-    parent = folder
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise fdata.DataError(f"--out {out}: {parent} is a file, not a folder")
-    return ckpt
-
-
-def _same(given, stored):
-    if isinstance(given, str) and isinstance(stored, str) and os.path.exists(given) and os.path.exists(stored):
-        return os.path.realpath(given) == os.path.realpath(stored)
-    return given == stored
-
-
-def _check_resume_options(cfg, payload, ckpt):
-    """Options given with --resume must agree with the run: it keeps its data, hyperparameters
-    and model (only --epochs, --max-steps, --device and --no-progress may change)."""
-    data, hp, kwargs = payload["data"], payload["train"], payload["model"]["kwargs"]
-    missing = object()
-    given = [("--data", cfg.data, data.get("name")), ("--binarize", cfg.binarize, data.get("binarize")),
-             ("--levels", cfg.levels, data.get("levels")), ("--limit", cfg.limit, data.get("limit")),
-             ("--seed", cfg.seed, hp.get("seed")), ("--lr", cfg.lr, hp.get("lr")),
-             ("--batch-size", cfg.batch_size, hp.get("batch_size"))]
-    if cfg.classes is not None:
-        given.append(("--classes", fdata.parse_classes(cfg.classes), fdata.parse_classes(data.get("classes"))))
-    given += [(f"--set {k}", v, kwargs.get(k, missing)) for k, v in (cfg.model_kwargs or {}).items()]
-    bad = [f"{flag} {value!r} (the run has {'no such option' if stored is missing else repr(stored)})"
-           for flag, value, stored in given if value is not None and not _same(value, stored)]
-    if bad:
-        raise CheckpointError(f"--resume continues {ckpt} with its own settings; {', '.join(bad)} "
-                              "contradicts them: start a new --out to change them")
-
-
-def _check_hp(hp):
-    for key in ("epochs", "batch_size"):
-        if not isinstance(hp[key], int) or isinstance(hp[key], bool) or hp[key] <= 0:
-            raise ValueError(f"{key} must be a positive int; got {hp[key]!r}")
-    lr = hp["lr"]
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"lr must be a finite number >= 0; got {lr!r}")
-
-
 def _finite_weights(model):
     return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
 
 
 def _train(cfg, info):
-    ckpt = _check_out(cfg.out)
+    ckpt = check_out(cfg.out)
     folder = os.path.dirname(os.path.abspath(ckpt))
     created = not os.path.exists(folder)
     with contextlib.ExitStack() as stack:
@@ -246,7 +198,7 @@ def _prepare(cfg, info, ckpt):
         payload = load_checkpoint(ckpt)
         check_resumable(ckpt, payload)
         spec = resolve_spec(payload["model"]["name"], cfg.model)
-        _check_resume_options(cfg, payload, ckpt)
+        check_resume_options(cfg, payload, ckpt)
         data_cfg, hp = payload["data"], dict(payload["train"])
         if cfg.epochs is not None:
             hp["epochs"] = cfg.epochs
@@ -262,7 +214,7 @@ def _prepare(cfg, info, ckpt):
               "batch_size": spec.batch_size if cfg.batch_size is None else cfg.batch_size,
               "lr": spec.lr if cfg.lr is None else cfg.lr, "seed": cfg.seed or 0, "max_steps": cfg.max_steps}
         overrides = cfg.model_kwargs
-    _check_hp(hp)
+    check_hp(hp)
     x_train, _ = load_split(data_cfg, "train")
     x_val, _ = load_split(data_cfg, "val")
     torch.manual_seed(hp["seed"])  # the same initial weights on every rank (DDP also broadcasts)
