@@ -5,7 +5,20 @@ from fastgen import ops, nn  # noqa: E402  (registers the ops)
 
 __version__ = "0.1.0"
 __all__ = ["IMPLS", "ImplUnavailableError", "get_impl", "set_impl", "use_impl", "ops", "nn",
-           "__version__"]
+           "models", "data", "__version__"]
+_LAZY = ("models", "data", "train")  # imported on first use: `import fastgen` stays light
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"fastgen.{name}")
+    raise AttributeError(f"module 'fastgen' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def build_info():

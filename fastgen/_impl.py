@@ -24,12 +24,27 @@ def _check_name(name, source):
     return name.strip().lower()
 
 
-_state = {"impl": _check_name(os.environ.get("FASTGEN_IMPL", "auto") or "auto", "FASTGEN_IMPL")}
+def _from_env():
+    # A bad FASTGEN_IMPL must not break `import fastgen` (nor tools that only import it): it is
+    # kept as an error and raised by the first op (or get_impl), with the same clear message.
+    try:
+        return _check_name(os.environ.get("FASTGEN_IMPL", "auto") or "auto", "FASTGEN_IMPL"), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
+_state = dict(zip(("impl", "env_error"), _from_env()))
+
+
+def _current():
+    if _state["impl"] is None:
+        raise ValueError(f"{_state['env_error']} (set it to a valid name, or unset it)")
+    return _state["impl"]
 
 
 def get_impl():
     """The implementation name currently asked for (may be "auto")."""
-    return _state["impl"]
+    return _current()
 
 
 def set_impl(name):
@@ -79,7 +94,7 @@ def _can_serve(impl, device_type):
 
 def select(op, device, gpu_default="cuda"):
     """The implementation that runs `op` on tensors of `device`; raises if the asked one can't."""
-    impl = _state["impl"]
+    impl = _current()
     device_type = getattr(device, "type", None) or str(device)
     if impl == "auto":
         if device_type == "cpu":

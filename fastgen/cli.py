@@ -8,8 +8,13 @@
     fastgen --threads 1 train ...   (on a busy machine one thread per process avoids oversubscription)
     torchrun --nproc_per_node=2 -m fastgen train ...                (DistributedDataParallel)
 
-Expected failures (bad data, unknown model, corrupt checkpoint) print one line
-`fastgen: error: ...` on stderr and exit with status 1; usage errors exit with 2.
+Expected failures (bad data, unknown model, corrupt checkpoint, a diverged run) print one line
+`fastgen: error: ...` on stderr (under torchrun: once, from rank 0) and exit with status 1; usage
+errors exit with 2. JSON output never holds NaN or infinity.
+
+A run of your own class (`fastgen train mypkg.mod:MyModel`, a subclass of fastgen's
+AutoregressiveModel, VAE or DCGAN) is loaded again only with `--model mypkg.mod:MyModel`: a
+checkpoint never makes fastgen import anything.
 """
 import argparse
 import ast
@@ -42,6 +47,8 @@ def _positive_int(text):
 
 
 WEIGHTS_HELP = "best: the epoch with the lowest validation loss (default); last: the final weights"
+MODEL_HELP = ("for a run of your own class: its package.module:ClassName again (a checkpoint never "
+              "names code to import)")
 
 
 def build_parser():
@@ -54,21 +61,23 @@ def build_parser():
 
     t = sub.add_parser("train", help="train a model", description=f"models: {', '.join(MODELS)} "
                        "(or package.module:ClassName)")
-    t.add_argument("model", help="model name")
-    t.add_argument("--data", default="digits", help="digits | mnist5k | a path (IDX, .npz, image folder)")
+    t.add_argument("model", help="model name, or package.module:ClassName (a subclass of fastgen's model bases)")
+    t.add_argument("--data", help="digits (default) | mnist5k | a path (IDX, .npz, image folder)")
     t.add_argument("--out", required=True, help="run folder (checkpoint.pt, history.json)")
     t.add_argument("--epochs", type=_positive_int, help="total epochs (default: per model)")
     t.add_argument("--batch-size", type=_positive_int, help="global minibatch size")
-    t.add_argument("--lr", type=float)
+    t.add_argument("--lr", type=float, help="Adam learning rate (default: per model; 0 is allowed)")
     t.add_argument("--binarize", choices=BINARIZE_CHOICES, help="default: threshold (GAN: none)")
     t.add_argument("--levels", type=_positive_int, help="quantise to K levels instead of binarising")
     t.add_argument("--classes", help="train on these labels only, e.g. 0-4")
     t.add_argument("--limit", type=_positive_int, help="use only the first N training images")
     t.add_argument("--max-steps", type=_positive_int, help="stop after N optimiser steps in total")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, help="default 0")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="model option, e.g. --set arch=conv")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out with its own settings "
+                   "(only --epochs, --max-steps and --device may change)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (none anyway when stderr "
+                   "is not a terminal)")
     t.add_argument("--device", help="cpu | cuda (default: cuda if available)")
 
     s = sub.add_parser("sample", help="draw samples into a PNG grid")
@@ -80,6 +89,7 @@ def build_parser():
     s.add_argument("--scale", type=_positive_int, help="pixel zoom (default: images ~64 px wide)")
     s.add_argument("--mean", action="store_true", help="VAE: the decoder mean instead of a draw")
     s.add_argument("--weights", choices=("best", "last"), default="best", help=WEIGHTS_HELP)
+    s.add_argument("--model", help=MODEL_HELP)
 
     sc = sub.add_parser("score", help="NLL (and anomaly AUROC) as JSON on stdout")
     sc.add_argument("run")
@@ -89,6 +99,7 @@ def build_parser():
     sc.add_argument("--anomaly-classes", help="labels treated as out-of-distribution, e.g. 5-9")
     sc.add_argument("--seed", type=int, default=0)
     sc.add_argument("--weights", choices=("best", "last"), default="best", help=WEIGHTS_HELP)
+    sc.add_argument("--model", help=MODEL_HELP)
 
     f = sub.add_parser("features", help="save features (.npy) and report a linear-probe accuracy")
     f.add_argument("run")
@@ -96,6 +107,7 @@ def build_parser():
     f.add_argument("--split", default="test", choices=("train", "val", "test"))
     f.add_argument("-o", "--output", default="features.npy")
     f.add_argument("--weights", choices=("best", "last"), default="best", help=WEIGHTS_HELP)
+    f.add_argument("--model", help=MODEL_HELP)
 
     b = sub.add_parser("bench", help="run the benchmark suite (bench/bench_*.py)")
     b.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
@@ -118,8 +130,8 @@ def cmd_train(args):
     result = train(cfg)
     if result["rank"] == 0:
         last = result["history"][-1] if result["history"] else {}
-        print(json.dumps({"checkpoint": result["checkpoint"], "epoch": result["epoch"], "step": result["step"],
-                          **{k: v for k, v in last.items() if k.startswith(("train_", "val_"))}}))
+        print(_dumps({"checkpoint": result["checkpoint"], "epoch": result["epoch"], "step": result["step"],
+                      **{k: v for k, v in last.items() if k.startswith(("train_", "val_"))}}))
     return 0
 
 
@@ -137,7 +149,7 @@ def cmd_sample(args):
     from fastgen.train.images import image_grid, write_png
     from fastgen.train.loop import num_levels
 
-    model, payload, spec = load_trained(args.run, weights=args.weights)
+    model, payload, spec = load_trained(args.run, weights=args.weights, model=args.model)
     gen = torch.Generator().manual_seed(args.seed)
     kwargs = {"mean": True} if (args.mean and spec.family == "vae") else {}
     x = model.sample(args.n, generator=gen, **kwargs)
@@ -146,44 +158,57 @@ def cmd_sample(args):
         x = x / (k - 1)
     h = x.shape[-2]
     write_png(args.output, image_grid(x, nrow=args.nrow, scale=args.scale or max(1, 64 // h)))
-    print(json.dumps({"output": os.path.abspath(args.output), "n": args.n}))
+    print(_dumps({"output": os.path.abspath(args.output), "n": args.n}))
     return 0
+
+
+def _dumps(obj):
+    """JSON for stdout: standard JSON only (NaN/inf are refused, never printed)."""
+    return json.dumps(obj, allow_nan=False)
 
 
 def cmd_score(args):
     import torch
 
-    from fastgen.data import parse_classes
+    from fastgen.data import DataError, parse_classes
     from fastgen.train.evaluate import auroc, bits_per_dim, load_trained, nll
     from fastgen.train.loop import load_split
 
-    model, payload, spec = load_trained(args.run, weights=args.weights)
+    model, payload, spec = load_trained(args.run, weights=args.weights, model=args.model)
     data_cfg = _data_for(payload, args.data)
     anomaly = parse_classes(args.anomaly_classes)
     x, y = load_split(data_cfg, args.split, classes=None if anomaly is not None else "config")
     if tuple(x.shape[1:]) != tuple(model.input_shape):
-        from fastgen.data import DataError
         raise DataError(f"data shape {tuple(x.shape[1:])} does not match the model's input_shape "
                         f"{tuple(model.input_shape)}")
     scores = nll(model, spec.family, x, k=args.k, seed=args.seed)
     d = x[0].numel()
-    out = {"model": spec.name, "data": data_cfg["name"], "split": args.split}
+    # A Gaussian VAE's -log p is a density of grey values: not comparable with the discrete NLLs
+    # (probabilities of pixel levels) of every other model, so it has its own key names.
+    density = spec.family == "vae" and getattr(model, "decoder", None) == "gaussian"
+    nll_key, bpd_key = ("neg_log_density_nats", "neg_log_density_bits_per_dim") if density else ("nll_nats", "bits_per_dim")
+    out = {"model": spec.name, "data": data_cfg["name"], "split": args.split,
+           "units": {nll_key: "nats per example (mean)", bpd_key: "bits per dimension (mean)",
+                     "dims": d} | ({"note": "negative log density of grey values in [0, 1] (continuous): "
+                                            "not comparable with discrete NLLs"} if density else {})}
     if anomaly is None:
-        out.update({"n": len(x), "nll_nats": float(scores.mean()), "bits_per_dim": bits_per_dim(float(scores.mean()), d)})
+        mean = float(scores.mean())
+        out.update({"n": len(x), nll_key: mean, bpd_key: bits_per_dim(mean, d)})
     else:
         is_out = torch.isin(y, torch.tensor(anomaly))
         if not is_out.any() or is_out.all():
-            from fastgen.data import DataError
             raise DataError(f"--anomaly-classes {args.anomaly_classes}: the {args.split} split needs examples "
                             "both inside and outside these classes")
         s_in, s_out = scores[~is_out], scores[is_out]
+        m_in, m_out = float(s_in.mean()), float(s_out.mean())
         out.update({"n_in": int((~is_out).sum()), "n_out": int(is_out.sum()),
-                    "nll_nats_in": float(s_in.mean()), "nll_nats_out": float(s_out.mean()),
-                    "bits_per_dim_in": bits_per_dim(float(s_in.mean()), d),
+                    f"{nll_key}_in": m_in, f"{nll_key}_out": m_out,
+                    f"{bpd_key}_in": bits_per_dim(m_in, d), f"{bpd_key}_out": bits_per_dim(m_out, d),
                     "out_classes": anomaly, "auroc": auroc(s_in, s_out)})
+        out["units"]["auroc"] = "P(NLL of an out-class example > NLL of an in-class one)"
     if spec.family == "vae":
         out["vae_bound"] = f"iwae k={args.k or model.iwae_k}"
-    print(json.dumps(out))
+    print(_dumps(out))
     return 0
 
 
@@ -193,18 +218,19 @@ def cmd_features(args):
     from fastgen.train.evaluate import features, linear_probe, load_trained
     from fastgen.train.loop import load_split
 
-    model, payload, spec = load_trained(args.run, weights=args.weights)
+    model, payload, spec = load_trained(args.run, weights=args.weights, model=args.model)
     data_cfg = _data_for(payload, args.data)
     data_cfg["classes"] = None
     x, y = load_split(data_cfg, args.split)
     feats = features(model, spec.family, x)
-    np.save(args.output, feats.numpy())
-    out = {"output": os.path.abspath(args.output), "shape": list(feats.shape)}
+    path = args.output if args.output.endswith(".npy") else args.output + ".npy"  # what np.save writes
+    np.save(path, feats.numpy())
+    out = {"output": os.path.abspath(path), "shape": list(feats.shape)}
     if (y >= 0).all() and len(y.unique()) > 1:
         xt, yt = load_split(data_cfg, "train")
         out["linear_probe_accuracy"] = linear_probe(features(model, spec.family, xt), yt, feats, y)
         out["probe"] = f"logistic regression on {data_cfg['name']} train features, scored on {args.split}"
-    print(json.dumps(out))
+    print(_dumps(out))
     return 0
 
 
@@ -273,10 +299,18 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "score": cmd_score, "featu
             "bench": cmd_bench, "info": cmd_info}
 
 
+def _is_out_of_memory(exc):
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc)))
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from fastgen.data import DataError
     from fastgen.train.checkpoint import CheckpointError
+    from fastgen.train.distributed import RankFailed
     from fastgen.train.registry import ModelError
     from fastgen._impl import ImplUnavailableError
 
@@ -284,14 +318,24 @@ def main(argv=None):
         import torch
 
         torch.set_num_threads(args.threads)
+    # under torchrun every rank meets the same error: rank 0 alone reports it
+    report = os.environ.get("RANK", "0") == "0"
     try:
         return COMMANDS[args.command](args)
-    except (DataError, CheckpointError, ModelError, ImplUnavailableError, ValueError, OSError) as exc:
+    except (DataError, CheckpointError, ModelError, ImplUnavailableError, RankFailed, ValueError, OSError,
+            RuntimeError, MemoryError) as exc:
+        if isinstance(exc, (RuntimeError, MemoryError)) and not isinstance(exc, (ImplUnavailableError, RankFailed)):
+            if not _is_out_of_memory(exc):
+                raise  # a bug: keep the traceback
+            exc = f"out of memory ({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}); "\
+                  "try a smaller --batch-size or model (--set)"
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"fastgen: error: {msg}", file=sys.stderr)
+        if report:
+            print(f"fastgen: error: {msg}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("fastgen: interrupted", file=sys.stderr)
+        if report:
+            print("fastgen: interrupted", file=sys.stderr)
         return 130
 
 

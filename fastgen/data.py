@@ -19,8 +19,11 @@ test set, in which case val is carved from its training part.
 """
 import functools
 import gzip
+import math
 import os
 import struct
+import zipfile
+import zlib
 
 import numpy as np
 import torch
@@ -77,18 +80,37 @@ def _open(path):
 
 
 def read_idx(path):
-    """An IDX file (the MNIST format) -> numpy array."""
+    """An IDX file (the MNIST format) -> numpy array. A damaged file (bad magic, truncated header
+    or data, broken gzip) is a DataError naming the file."""
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    with _open(path) as f:
-        head = f.read(4)
-        if len(head) != 4 or head[0] != 0 or head[1] != 0 or head[2] not in dtypes:
-            raise DataError(f"{path} is not an IDX file (bad magic number)")
-        ndim = head[3]
-        shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
-        data = np.frombuffer(f.read(), dtype=dtypes[head[2]])
-    if data.size != int(np.prod(shape)):
-        raise DataError(f"{path}: IDX header says shape {shape} but holds {data.size} values")
-    return data.reshape(shape)
+    try:
+        with _open(path) as f:
+            head = f.read(4)
+            if len(head) != 4 or head[0] != 0 or head[1] != 0 or head[2] not in dtypes or head[3] == 0:
+                raise DataError(f"{path} is not an IDX file (bad magic number)")
+            ndim = head[3]
+            dims = f.read(4 * ndim)
+            if len(dims) != 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header ({ndim} dimensions announced)")
+            shape = struct.unpack(f">{ndim}I", dims)
+            itemsize = np.dtype(dtypes[head[2]]).itemsize
+            want = math.prod(shape) * itemsize
+            # read in chunks up to one byte more than announced (which tells "longer" apart):
+            # a header announcing terabytes must not allocate them
+            chunks, got = [], 0
+            while got <= want:
+                chunk = f.read(min(1 << 24, want + 1 - got))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+            body = b"".join(chunks)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read as an IDX file ({type(exc).__name__}: {exc})") from None
+    if len(body) != want:
+        raise DataError(f"{path}: IDX header says shape {shape} ({want} bytes) but the file holds "
+                        f"{'more' if len(body) > want else len(body)} bytes of data")
+    return np.frombuffer(body, dtype=dtypes[head[2]]).reshape(shape)
 
 
 def _idx_pair(images_path):
@@ -121,20 +143,28 @@ def _idx_folder(root):
 
 
 def _npz(path):
+    """An .npz of images (+ labels). An optional integer entry `levels` (K) says the images hold
+    levels 0..K-1 (it settles value ranges that are otherwise ambiguous)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
+            levels = int(z["levels"]) if "levels" in keys else None
             if {"x_train", "x_test"} <= keys:
-                return {s: (z[f"x_{s}"], z[f"y_{s}"] if f"y_{s}" in keys else None) for s in ("train", "test")}
+                parts = {s: (z[f"x_{s}"], z[f"y_{s}"] if f"y_{s}" in keys else None) for s in ("train", "test")}
+                # one value scale for both splits (decided per split, 0..K-1 levels could differ)
+                scale = _value_scale([parts["train"][0], parts["test"][0]], path, levels)
+                return {s: (_scaled(x, scale), y) for s, (x, y) in parts.items()}
             xk = next((k for k in ("images", "x", "X", "data") if k in keys), None)
             if xk is None:
                 raise DataError(f"{path}: no images array (keys images, x, X or data; found {sorted(keys)})")
             yk = next((k for k in ("labels", "y", "Y", "targets") if k in keys), None)
-            return {"all": (z[xk], z[yk] if yk else None)}
-    except (OSError, ValueError) as exc:
+            x = z[xk]
+            return {"all": (_scaled(x, _value_scale([x], path, levels)), z[yk] if yk else None)}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, TypeError) as exc:
         if isinstance(exc, DataError):
             raise
-        raise DataError(f"{path}: cannot read as .npz ({exc})") from exc
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else "empty or damaged file"
+        raise DataError(f"{path}: cannot read as .npz ({type(exc).__name__}: {text})") from None
 
 
 def _image_folder(root):
@@ -171,27 +201,86 @@ def _from_path(path):
 
 
 # --- normalisation, splits, binarisation -----------------------------------------------------
+CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: what a channel axis of image data looks like
+LEVELS_MAX = 31       # integer data up to this value: levels 0..top (e.g. binary 0/1, digits' 0..16)
+GREY8_MIN = 128       # integer data from this value up (to 255): 8-bit grey 0..255
+
+
+def _nchw(images, source):
+    """(N, H, W) or 4-d in either layout -> (N, C, H, W). The channel axis is the one whose size
+    is 1, 3 or 4 when only one end qualifies; else square images decide ((N, C, S, S) vs
+    (N, S, S, C)); anything else is refused rather than guessed."""
+    if images.ndim == 3:
+        return images[:, None]
+    if images.ndim != 4:
+        return None
+    a, b, c = images.shape[1:]
+    first, last = a in CHANNELS, c in CHANNELS
+    if first != last:
+        return images if first else images.transpose(0, 3, 1, 2)
+    if b == c and a != b:
+        return images
+    if a == b and b != c:
+        return images.transpose(0, 3, 1, 2)
+    if a == b == c == 1:
+        return images
+    raise DataError(f"{source}: cannot tell the channel axis of images of shape {images.shape}: store them "
+                    "as (N, C, H, W) or (N, H, W, C) with C in 1, 3, 4, or as (N, H, W)")
+
+
+def _value_scale(arrays, source, levels=None):
+    """The divisor that maps the values of `arrays` (one dataset) to [0, 1], or None for floats
+    already in [0, 1]. Integer-valued data: 0/1 is binary (divisor 1); 0..top with top <=
+    LEVELS_MAX is top+1 levels (divisor top); top >= GREY8_MIN (<= 255) is 8-bit grey (255);
+    in between the range is ambiguous (dark 8-bit images or many levels?) and refused, unless
+    `levels` (K: the values are 0..K-1) says."""
+    lo, top, integral, floating = 0.0, 0.0, True, False
+    for a in arrays:
+        a = np.asarray(a)
+        if not (np.issubdtype(a.dtype, np.number) and not np.issubdtype(a.dtype, np.complexfloating)):
+            raise DataError(f"{source}: images have unsupported dtype {a.dtype}")
+        if not a.size:
+            continue
+        floating |= bool(np.issubdtype(a.dtype, np.floating))
+        if floating and not np.isfinite(a).all():
+            raise DataError(f"{source}: images hold NaN or infinite values")
+        lo, top = min(lo, float(a.min())), max(top, float(a.max()))
+        integral &= bool(np.issubdtype(a.dtype, np.integer) or np.equal(a, np.round(a)).all())
+    if lo < 0:
+        raise DataError(f"{source}: pixel values must be >= 0; found {lo}")
+    if levels is not None:
+        if not isinstance(levels, int) or levels < 2 or not integral or top > levels - 1:
+            raise DataError(f"{source}: levels={levels!r} needs integer values in 0..levels-1 (found up to {top})")
+        return float(levels - 1)
+    if floating and top <= 1:
+        return None  # grey values in [0, 1] (binary 0./1. included)
+    if not integral:
+        raise DataError(f"{source}: pixel values must be floats in [0, 1] or integers (0/1, 0..K-1 or 0..255); "
+                        f"found non-integers up to {top}")
+    if top <= 1:
+        return 1.0
+    if top <= LEVELS_MAX:
+        return top
+    if GREY8_MIN <= top <= 255:
+        return 255.0
+    if top > 255:
+        raise DataError(f"{source}: integer pixel values up to {top:g}: only 0..255 is read (scale them to [0, 1])")
+    raise DataError(f"{source}: integer pixel values 0..{top:g} are ambiguous (8-bit grey with no bright pixel, "
+                    f"or {top + 1:g} levels?): scale them to floats in [0, 1], or add levels=K to the .npz")
+
+
+def _scaled(images, scale):
+    images = np.asarray(images)
+    return images if scale is None else images.astype(np.float32) / np.float32(scale)
+
+
 def _to_float_nchw(images, source):
     images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[:, None]
-    elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
-        images = images.transpose(0, 3, 1, 2)  # NHWC -> NCHW
-    if images.ndim != 4 or min(images.shape[1:], default=0) < 1:
+    out = _nchw(images, source)
+    if out is None or min(out.shape[1:], default=0) < 1:
         raise DataError(f"{source}: images must have shape (N, H, W), (N, C, H, W) or (N, H, W, C); "
                         f"got {images.shape}")
-    if images.dtype == np.uint8:
-        out = images.astype(np.float32) / 255.0
-    elif np.issubdtype(images.dtype, np.number) and not np.issubdtype(images.dtype, np.complexfloating):
-        out = images.astype(np.float32)
-        if out.size and (not np.isfinite(out).all() or out.min() < 0 or out.max() > 1):
-            top = float(out.max()) if np.isfinite(out).all() else float("nan")
-            if out.size and np.isfinite(out).all() and out.min() >= 0 and top <= 255 and np.equal(out, np.round(out)).all():
-                out = out / 255.0  # integer-valued 0..255 stored as float/int
-            else:
-                raise DataError(f"{source}: pixel values must be uint8, or numbers in [0, 1] or 0..255")
-    else:
-        raise DataError(f"{source}: images have unsupported dtype {images.dtype}")
+    out = _scaled(out, _value_scale([out], source)).astype(np.float32, copy=False)
     return torch.from_numpy(np.ascontiguousarray(out))
 
 

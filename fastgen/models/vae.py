@@ -111,9 +111,14 @@ class VAE(nn.Module):
                 raise ValueError(f"{name} must hold integer levels in [0, {top}] for a {self.decoder} decoder")
         return x
 
+    def _encoder_input(self, x):
+        """Levels 0..K-1 -> [0, 1], as every model scales its input (raw levels up to 255 would
+        blow up the first layer); grey (Gaussian) values are already in [0, 1]."""
+        return x if self.decoder == "gaussian" or self.num_levels == 2 else x / (self.num_levels - 1)
+
     def _posterior(self, x):
         """x (N, C, H, W) -> mu, logvar (N, latent_dim)."""
-        return self.head.proj(self.encoder(x)).chunk(2, dim=-1)
+        return self.head.proj(self.encoder(self._encoder_input(x))).chunk(2, dim=-1)
 
     def _decoder_out(self, z):
         """z (..., L) -> decoder parameters (..., D) or (..., D, K) for categorical."""

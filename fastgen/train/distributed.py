@@ -24,12 +24,34 @@ class DistInfo:
         return self.rank == 0
 
 
+class RankFailed(RuntimeError):
+    """Another rank failed; it (or rank 0) reports why."""
+
+
+def parse_device(name):
+    """--device text -> torch.device, refusing names this machine cannot train on."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device name (cpu, cuda, cuda:N)") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"--device {name!r}: training runs on cpu or cuda devices only")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ValueError(f"--device {name!r}: no CUDA device is available on this machine")
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"--device {name!r}: this machine has {count} CUDA device(s)")
+    return device
+
+
 def setup(device=None):
     """Join the process group if launched by torchrun (WORLD_SIZE > 1); else a 1-process DistInfo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = parse_device(device)
     if world <= 1:
         return DistInfo(0, 1, device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -59,6 +81,42 @@ def mean_over_ranks(values, info):
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(t)
     return {k: float(v) / info.world for k, v in zip(keys, t)}
+
+
+def all_ok(ok, info):
+    """True on every rank iff `ok` is true on every rank (a collective: all ranks must call it)."""
+    if info.world <= 1:
+        return bool(ok)
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        flag = flag.to(info.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def collective(fn, info):
+    """Run fn() on every rank; if it raises on any rank, raise on all of them (the failing rank
+    its own error, the others RankFailed), so no rank is left waiting in a collective."""
+    try:
+        result, error = fn(), None
+    except Exception as exc:  # noqa: BLE001  (re-raised below, on this rank and the others)
+        result, error = None, exc
+    if all_ok(error is None, info):
+        return result
+    if info.world > 1:  # rank 0 reports: its own error, else the first other rank's
+        messages = [None] * info.world
+        dist.all_gather_object(messages, None if error is None else _one_line(error))
+        if info.rank == 0 and error is None:
+            rank, msg = next((r, m) for r, m in enumerate(messages) if m is not None)
+            raise RankFailed(f"(rank {rank}) {msg}")
+        if info.rank != 0:
+            raise RankFailed("reported by rank 0")
+    raise error
+
+
+def _one_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def barrier(info):

@@ -5,13 +5,18 @@ import torch
 
 from fastgen.train.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
 from fastgen.train.loop import num_levels
-from fastgen.train.registry import ModelError, build_model, get_spec
+from fastgen.train.registry import ModelError, build_model, resolve_spec
 
 
-def load_trained(path, device="cpu", weights="best"):
+class NonFiniteError(ValueError):
+    """A model's weights or scores are NaN or infinite (a diverged or damaged run)."""
+
+
+def load_trained(path, device="cpu", weights="best", model=None):
     """(model in eval mode, checkpoint payload, ModelSpec) from OUT or OUT/checkpoint.pt.
     weights: "best" (lowest validation loss; the last weights when the run has no validation
-    loss, e.g. a GAN) or "last"."""
+    loss, e.g. a GAN) or "last". model: the "package.module:ClassName" the user passes for a run
+    of their own class (never taken from the file; registry runs need none)."""
     if weights not in ("best", "last"):
         raise ValueError(f"weights must be 'best' or 'last'; got {weights!r}")
     payload = load_checkpoint(path)
@@ -19,7 +24,7 @@ def load_trained(path, device="cpu", weights="best"):
     if weights == "best" and isinstance(payload.get("best"), dict) and "model_state" in payload["best"]:
         state = payload["best"]["model_state"]
     try:
-        spec = get_spec(payload["model"]["name"])
+        spec = resolve_spec(payload["model"]["name"], model)
         model, _ = build_model(spec, payload["model"]["input_shape"], num_levels(payload["data"]),
                                payload["model"]["kwargs"])
         model.load_state_dict(state)
@@ -29,6 +34,9 @@ def load_trained(path, device="cpu", weights="best"):
         detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:200]
         raise CheckpointError(f"{checkpoint_path(path)}: the checkpoint does not describe a loadable "
                               f"model ({type(exc).__name__}: {detail})") from None
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point()):
+        raise NonFiniteError(f"{checkpoint_path(path)}: the {weights} weights hold NaN or infinite values "
+                             "(a diverged run); retrain with a smaller --lr")
     return model.to(device).eval(), payload, spec
 
 
@@ -43,7 +51,12 @@ def nll(model, family, x, batch=128, k=None, seed=0):
     for i in range(0, len(x), batch):
         xb = x[i:i + batch]
         out.append(-(model.log_prob(xb, k=k, generator=gen) if family == "vae" else model.log_prob(xb)))
-    return torch.cat(out) if out else x.new_zeros(0)
+    scores = torch.cat(out) if out else x.new_zeros(0)
+    bad = int((~torch.isfinite(scores)).sum())
+    if bad:
+        raise NonFiniteError(f"the model's NLL is NaN or infinite for {bad} of {len(scores)} examples "
+                             "(diverged or damaged weights): no score")
+    return scores
 
 
 def auroc(scores_neg, scores_pos):

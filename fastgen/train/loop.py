@@ -7,7 +7,14 @@ overfit), which sample/score/features use by default.
 Determinism: epoch e reads the permutation (and, with dynamic binarisation, the binary draw) of a
 generator seeded by (seed, e); the model's own noise (VAE z, GAN z) comes from a generator whose
 state is checkpointed. So --resume continues exactly where the run stopped (same world size).
+
+Safety: one training per run folder (an exclusive lock file); a resumed run keeps its settings
+(options that contradict the checkpoint are refused); a non-finite loss, validation loss or
+weight stops the run with a "diverged" error and leaves the last finite checkpoint in place;
+history.json is rewritten with every checkpoint. Setup errors are collective under torchrun:
+every rank stops, and rank 0 reports.
 """
+import contextlib
 import json
 import math
 import os
@@ -20,17 +27,24 @@ from torch import nn
 
 from fastgen import data as fdata
 from fastgen.train import distributed
-from fastgen.train.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
-from fastgen.train.registry import ModelError, build_model, get_spec
+from fastgen.train.checkpoint import (CheckpointError, check_resumable, load_checkpoint,
+                                      remove_stale_temps, save_checkpoint, write_atomic)
+from fastgen.train.lock import run_lock
+from fastgen.train.options import check_hp, check_out, check_resume_options
+from fastgen.train.registry import build_model, check_overrides, resolve_spec, user_spec
 
 BINARIZE_CHOICES = ("threshold", "stochastic", "dynamic", "none")
+
+
+class DivergedError(ValueError):
+    """The loss, the validation loss or the weights became NaN or infinite."""
 
 
 @dataclass
 class TrainConfig:
     model: str
     out: str
-    data: str = "digits"
+    data: str = None              # None: "digits" (a resumed run: the checkpoint's)
     epochs: int = None            # None: the model's default
     batch_size: int = None
     lr: float = None
@@ -39,7 +53,7 @@ class TrainConfig:
     classes: str = None           # e.g. "0-4": train on these labels only
     limit: int = None             # use only the first `limit` training images (quick runs)
     max_steps: int = None         # stop after this many optimiser steps in total
-    seed: int = 0
+    seed: int = None              # None: 0 (a resumed run: the checkpoint's)
     model_kwargs: dict = field(default_factory=dict)
     progress: bool = True
     resume: bool = False
@@ -59,8 +73,8 @@ def data_config(cfg, family):
         raise fdata.DataError("autoregressive models need discrete data: use --binarize or --levels K")
     if cfg.limit is not None and cfg.limit <= 0:
         raise fdata.DataError(f"limit must be positive; got {cfg.limit}")
-    return {"name": cfg.data, "binarize": binarize, "levels": cfg.levels, "classes": cfg.classes,
-            "seed": cfg.seed, "limit": cfg.limit}
+    return {"name": cfg.data or "digits", "binarize": binarize, "levels": cfg.levels, "classes": cfg.classes,
+            "seed": cfg.seed or 0, "limit": cfg.limit}
 
 
 def num_levels(data_cfg):
@@ -123,7 +137,8 @@ def _log(info, msg):
 
 
 def _progress(info, enabled, total, desc):
-    if not (enabled and info.is_main):
+    # No bar unless a person watches: tqdm's \r frames would fill a piped or redirected log.
+    if not (enabled and info.is_main) or not sys.stderr.isatty():
         return None
     try:
         from tqdm import tqdm
@@ -149,14 +164,41 @@ def train(cfg):
         distributed.cleanup(info)
 
 
+def _finite_weights(model):
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
+
+
 def _train(cfg, info):
-    ckpt = checkpoint_path(cfg.out)
+    ckpt = check_out(cfg.out)
+    folder = os.path.dirname(os.path.abspath(ckpt))
+    created = not os.path.exists(folder)
+    with contextlib.ExitStack() as stack:
+        def prepare():
+            if info.is_main:
+                os.makedirs(folder, exist_ok=True)
+                stack.enter_context(run_lock(ckpt))
+                removed = remove_stale_temps(folder)
+                if removed:
+                    _log(info, f"removed {len(removed)} temp file(s) left by an interrupted save: {', '.join(removed)}")
+            return _prepare(cfg, info, ckpt)
+
+        try:
+            run = distributed.collective(prepare, info)
+        except BaseException:
+            stack.close()  # release the lock, then drop a folder this call created and left empty
+            if info.is_main and created and os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+            raise
+        return _loop(cfg, info, ckpt, run)
+
+
+def _prepare(cfg, info, ckpt):
     payload = None
     if cfg.resume:
         payload = load_checkpoint(ckpt)
-        if cfg.model and cfg.model != payload["model"]["name"]:
-            raise CheckpointError(f"{ckpt} holds a {payload['model']['name']!r} run, not {cfg.model!r}")
-        spec = get_spec(payload["model"]["name"])
+        check_resumable(ckpt, payload)
+        spec = resolve_spec(payload["model"]["name"], cfg.model)
+        check_resume_options(cfg, payload, ckpt)
         data_cfg, hp = payload["data"], dict(payload["train"])
         if cfg.epochs is not None:
             hp["epochs"] = cfg.epochs
@@ -165,14 +207,14 @@ def _train(cfg, info):
     else:
         if os.path.exists(ckpt):
             raise CheckpointError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
-        spec = get_spec(cfg.model)
+        spec = user_spec(cfg.model)
+        check_overrides(spec, cfg.model_kwargs or {})
         data_cfg = data_config(cfg, spec.family)
-        hp = {"epochs": cfg.epochs or spec.epochs, "batch_size": cfg.batch_size or spec.batch_size,
-              "lr": cfg.lr or spec.lr, "seed": cfg.seed, "max_steps": cfg.max_steps}
+        hp = {"epochs": spec.epochs if cfg.epochs is None else cfg.epochs,
+              "batch_size": spec.batch_size if cfg.batch_size is None else cfg.batch_size,
+              "lr": spec.lr if cfg.lr is None else cfg.lr, "seed": cfg.seed or 0, "max_steps": cfg.max_steps}
         overrides = cfg.model_kwargs
-    for key in ("epochs", "batch_size"):
-        if not isinstance(hp[key], int) or hp[key] <= 0:
-            raise ValueError(f"{key} must be a positive int; got {hp[key]!r}")
+    check_hp(hp)
     x_train, _ = load_split(data_cfg, "train")
     x_val, _ = load_split(data_cfg, "val")
     torch.manual_seed(hp["seed"])  # the same initial weights on every rank (DDP also broadcasts)
@@ -190,25 +232,51 @@ def _train(cfg, info):
     model.to(info.device)
     opts = _optimizers(model, spec.family, hp["lr"])
     noise = torch.Generator(device=info.device).manual_seed(hp["seed"] * 7919 + info.rank)
-    epoch, step, skip, history = 0, 0, 0, []
-    best = None  # {"epoch", "val_loss", "model_state"}: the weights with the lowest validation loss
+    state = {"epoch": 0, "step": 0, "skip": 0, "history": [], "best": None}
     if payload:
-        for k, o in opts.items():
-            o.load_state_dict(payload["optim_state"][k])
-        epoch, step, skip = payload["state"]["epoch"], payload["state"]["step"], payload["state"]["batch_in_epoch"]
-        history = list(payload["state"]["history"])
-        best = payload.get("best")
-        if payload["state"].get("world") == info.world and "noise_state" in payload:
+        try:
+            for k, o in opts.items():
+                o.load_state_dict(payload["optim_state"][k])
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"{ckpt}: the optimiser state does not fit ({type(exc).__name__})") from None
+        st = payload["state"]
+        state.update(epoch=st["epoch"], step=st["step"], skip=st["batch_in_epoch"], history=list(st["history"]),
+                     best=payload.get("best"))
+        if st.get("world") == info.world and "noise_state" in payload:
             noise.set_state(payload["noise_state"])
-    if spec.family == "gan":
-        g_net, d_net = distributed.wrap(model.generator, info), distributed.wrap(model.discriminator, info)
-    else:
-        loss_net = distributed.wrap(PerExampleLoss(model, spec.family), info)
+    return {"spec": spec, "data_cfg": data_cfg, "hp": hp, "model": model, "kwargs": kwargs, "opts": opts,
+            "noise": noise, "x_train": x_train, "x_val": x_val, **state}
+
+
+def _loop(cfg, info, ckpt, run):
+    spec, data_cfg, hp, model, kwargs = run["spec"], run["data_cfg"], run["hp"], run["model"], run["kwargs"]
+    opts, noise, x_train, x_val = run["opts"], run["noise"], run["x_train"], run["x_val"]
+    epoch, step, skip, history, best = run["epoch"], run["step"], run["skip"], run["history"], run["best"]
     n, bs = len(x_train), hp["batch_size"]
     per_epoch = math.ceil(n / bs)
     max_steps = hp.get("max_steps")
 
+    def summary():
+        return {"checkpoint": ckpt, "epoch": epoch, "step": step, "history": history, "model": model,
+                "best": best, "family": spec.family, "rank": info.rank, "world": info.world}
+
+    if epoch >= hp["epochs"] or (max_steps is not None and step >= max_steps):
+        why = (f"--max-steps {max_steps} already reached (step {step})" if epoch < hp["epochs"] else
+               f"it finished epoch {epoch} of {hp['epochs']}; pass --epochs N > {epoch} to train further")
+        _log(info, f"nothing left to train in {ckpt}: {why}")
+        return summary()
+    if spec.family == "gan":
+        g_net, d_net = distributed.wrap(model.generator, info), distributed.wrap(model.discriminator, info)
+    else:
+        loss_net = distributed.wrap(PerExampleLoss(model, spec.family), info)
+
+    def diverged(what):
+        last = (f"{ckpt} keeps the last finite weights" if os.path.exists(ckpt) else "no checkpoint was written")
+        return DivergedError(f"training diverged: {what} (after {step} steps); {last}; try a smaller --lr")
+
     def save(batch_in_epoch):
+        if not _finite_weights(model):
+            raise diverged("the weights are not finite")
         if not info.is_main:
             return
         save_checkpoint(ckpt, {
@@ -219,6 +287,9 @@ def _train(cfg, info):
             "state": {"epoch": epoch, "step": step, "batch_in_epoch": batch_in_epoch, "history": history,
                       "world": info.world},
             "noise_state": noise.get_state(), **({"best": best} if best else {})})
+        # history.json follows every checkpoint (a killed run leaves both consistent)
+        write_atomic(os.path.join(os.path.dirname(ckpt), "history.json"),
+                     json.dumps(history, indent=1, allow_nan=False))
 
     model.train()
     _log(info, f"training {spec.name} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
@@ -232,40 +303,60 @@ def _train(cfg, info):
         x_epoch = fdata.stochastic_binarize(x_train, gen_e) if data_cfg["binarize"] == "dynamic" else x_train
         bar = _progress(info, cfg.progress, per_epoch - skip, f"epoch {epoch + 1}/{hp['epochs']}")
         sums, count = {}, 0
-        for b in range(skip, per_epoch):
-            idx = perm[b * bs:(b + 1) * bs]
-            xb = x_epoch[idx[info.rank::info.world]].to(info.device)
-            if spec.family == "gan":
-                stats = model.train_step(xb, opts["d"], opts["g"], generator=noise, g_net=g_net, d_net=d_net)
+        try:
+            for b in range(skip, per_epoch):
+                idx = perm[b * bs:(b + 1) * bs]
+                xb = x_epoch[idx[info.rank::info.world]].to(info.device)
+                try:
+                    if spec.family == "gan":
+                        stats = model.train_step(xb, opts["d"], opts["g"], generator=noise, g_net=g_net,
+                                                 d_net=d_net)
+                    else:
+                        per = loss_net(xb, noise)
+                        loss = per.sum() * (info.world / len(idx))  # DDP averages: the global batch mean
+                        stats = {"loss": float(per.detach().mean())}
+                except RuntimeError as exc:  # Adam's step size lr/(1-beta1^t) beyond the float range
+                    if "overflow" not in str(exc):
+                        raise
+                    raise diverged("the update overflows the weights' float range") from None
+                # decided on all ranks together, so no rank waits in a collective another has left
+                if not distributed.all_ok(all(math.isfinite(v) for v in stats.values()), info):
+                    bad = ", ".join(f"{k} {v}" for k, v in stats.items() if not math.isfinite(v)) or "another rank's loss"
+                    raise diverged(f"{bad} is not finite")
+                if spec.family != "gan":
+                    opts["model"].zero_grad(set_to_none=True)
+                    loss.backward()
+                    try:
+                        opts["model"].step()
+                    except RuntimeError as exc:
+                        if "overflow" not in str(exc):
+                            raise
+                        raise diverged("the update overflows the weights' float range") from None
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count, step = count + 1, step + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
+                if max_steps is not None and step >= max_steps:
+                    stopped = b + 1 < per_epoch
+                    skip_next = b + 1
+                    break
             else:
-                per = loss_net(xb, noise)
-                loss = per.sum() * (info.world / len(idx))  # DDP averages: the global batch mean
-                opts["model"].zero_grad(set_to_none=True)
-                loss.backward()
-                opts["model"].step()
-                stats = {"loss": float(per.detach().mean())}
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count, step = count + 1, step + 1
+                skip_next = per_epoch
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
-            if max_steps is not None and step >= max_steps:
-                stopped = b + 1 < per_epoch
-                skip_next = b + 1
-                break
-        else:
-            skip_next = per_epoch
-        if bar is not None:
-            bar.close()
+                bar.close()
         if stopped:  # mid-epoch stop: the checkpoint resumes at the next minibatch
             save(skip_next)
             break
-        epoch, skip = epoch + 1, 0
         sums = distributed.mean_over_ranks(sums, info)  # log the mean over all ranks' shards
-        row = {"epoch": epoch, "step": step, "seconds": round(time.time() - t0, 3),
+        row = {"epoch": epoch + 1, "step": step, "seconds": round(time.time() - t0, 3),
                **{f"train_{k}": v / max(count, 1) for k, v in sums.items()}}
         val = validation_loss(model, spec.family, x_val.to(info.device), seed=hp["seed"])
+        if val is not None and not math.isfinite(val):
+            raise diverged(f"the validation loss is {val}")
+        epoch, skip = epoch + 1, 0
         if val is not None:
             row["val_loss"] = val
             if best is None or val < best["val_loss"]:
@@ -278,8 +369,4 @@ def _train(cfg, info):
         if max_steps is not None and step >= max_steps:
             break
     distributed.barrier(info)
-    if info.is_main:
-        with open(os.path.join(os.path.dirname(ckpt), "history.json"), "w") as f:
-            json.dump(history, f, indent=1)
-    return {"checkpoint": ckpt, "epoch": epoch, "step": step, "history": history, "model": model, "best": best,
-            "family": spec.family, "rank": info.rank, "world": info.world}
+    return summary()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fastgen.train import registry
-from fastgen.train.checkpoint import load_checkpoint, save_checkpoint
+from fastgen.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 from conftest import PYTHON, ROOT, subprocess_env
 
@@ -107,12 +107,13 @@ def test_autoregressive_model_and_anomaly_auroc(tmp_path, run_cli, toy_path):
     code, _, _ = run_cli("train", "toy_models:ToyAR", "--out", run, "--classes", "0-4", "--epochs", "4",
                          "--lr", "0.05", "--no-progress")
     assert code == 0
-    code, stdout, _ = run_cli("score", run, "--anomaly-classes", "5-9")
+    mine = ("--model", "toy_models:ToyAR")  # a run of the user's own class loads only when named again
+    code, stdout, _ = run_cli("score", run, "--anomaly-classes", "5-9", *mine)
     result = json.loads(stdout)
     # trained on 0-4, the held-out 0-4 are likelier than 5-9
     assert code == 0 and result["nll_nats_in"] < result["nll_nats_out"] and result["auroc"] > 0.6
-    assert run_cli("sample", run, "-n", "4", "-o", tmp_path / "s.png")[0] == 0
-    code, _, err = run_cli("features", run, "-o", tmp_path / "f.npy")
+    assert run_cli("sample", run, "-n", "4", "-o", tmp_path / "s.png", *mine)[0] == 0
+    code, _, err = run_cli("features", run, "-o", tmp_path / "f.npy", *mine)
     _one_line_error(code, err, "no feature extractor")
 
 
@@ -173,10 +174,11 @@ def test_corrupt_or_foreign_checkpoint(kind, vae_run, tmp_path, run_cli):
         payload.pop("format")
         if kind == "wrong-version":
             payload["version"] = 99
-        else:
+            torch.save({"format": "fastgen-checkpoint", **payload}, path)
+        else:  # a well-formed checkpoint (valid checksum) whose weights do not fit its model
             payload["model_state"] = {"encoder.1.weight": torch.zeros(2, 2)}
             payload["best"] = {"epoch": 1, "val_loss": 1.0, "model_state": payload["model_state"]}
-        torch.save({"format": "fastgen-checkpoint", **payload}, path)
+            save_checkpoint(path, payload)
     for command in (("score", path), ("sample", tmp_path, "-o", tmp_path / "s.png")):
         code, _, err = run_cli(*command)
         _one_line_error(code, err, str(path))
@@ -184,15 +186,16 @@ def test_corrupt_or_foreign_checkpoint(kind, vae_run, tmp_path, run_cli):
 
 def test_checkpoint_write_is_atomic(vae_run, tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"model": {}, "data": {}, "model_state": {"w": torch.ones(2)}})
+    head = {"model": {"name": "vae", "kwargs": {}, "input_shape": [1, 2, 2]}, "data": {"name": "digits"}}
+    save_checkpoint(path, {**head, "model_state": {"w": torch.ones(2)}})
 
     def broken_save(obj, f, *a, **k):
         f.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, {"model": {}, "data": {}, "model_state": {"w": torch.zeros(2)}})
+    with pytest.raises(CheckpointError, match="cannot write the checkpoint .*disk full"):
+        save_checkpoint(path, {**head, "model_state": {"w": torch.zeros(2)}})
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model_state"]["w"], torch.ones(2))  # the old one survives
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temp file left behind
@@ -224,7 +227,7 @@ def test_dynamic_binarisation_and_levels(tmp_path, run_cli, toy_path):
                          "--limit", "32", "--batch-size", "16", "--no-progress")
     payload = load_checkpoint(run)
     assert code == 0 and payload["data"]["binarize"] == "dynamic" and payload["model"]["kwargs"]["num_levels"] == 2
-    code, stdout, _ = run_cli("score", run, "--split", "val")  # val/test: a fixed stochastic draw
+    code, stdout, _ = run_cli("score", run, "--split", "val", "--model", "toy_models:ToyAR")  # a fixed draw
     assert code == 0 and json.loads(stdout)["n"] == 180
     run = tmp_path / "levels"
     code, _, _ = run_cli("train", "vae", "--out", run, "--levels", "4", "--max-steps", "2", *VAE_ARGS)

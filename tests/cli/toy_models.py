@@ -22,3 +22,20 @@ class ToyAR(AutoregressiveModel):
         flat = x.flatten(1) / (self.num_levels - 1)
         out = torch.einsum("nd,kod->nko", flat, self.weight * self.mask) + self.bias
         return out.view(x.shape[0], self.num_levels, *self.input_shape)
+
+
+class ToyNaN(ToyAR):
+    """Diverged from the start: every logit is NaN."""
+
+    def logits(self, x):
+        return super().logits(x) * float("nan")
+
+
+class NotAModel:
+    """Has the interface's names but is not a subclass of a fastgen model base."""
+
+    def __init__(self, input_shape=(1, 8, 8), num_levels=2):
+        raise AssertionError("must never be instantiated")
+
+    def log_prob(self, x):
+        raise AssertionError
