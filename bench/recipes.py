@@ -22,12 +22,12 @@ RECIPES = {
     "made": dict(
         model="MADE", kwargs={"hidden_sizes": [8000]}, paper=88.40, target=88.5, objective="nll",
         source="Germain et al. 2015 (MADE), Table 6: 1 hidden layer of 8000 units, 1 mask",
-        lr=1e-4, batch_size=100, max_epochs=300, patience=15, decay=0.3, decay_patience=4),
+        lr=1e-3, batch_size=100, max_epochs=300, patience=15, decay=0.3, decay_patience=4),
     "made-ensemble": dict(
         model="MADE", kwargs={"hidden_sizes": [8000, 8000], "num_masks": 32}, paper=86.64,
         target=86.7, objective="nll", ensemble=32,
         source="Germain et al. 2015 (MADE), Table 6: 2 hidden layers, 32 masks (connectivity-agnostic)",
-        lr=1e-4, batch_size=100, max_epochs=600, patience=30, decay=0.3, decay_patience=8),
+        lr=5e-4, batch_size=100, max_epochs=600, patience=30, decay=0.3, decay_patience=8),
     "vae": dict(
         model="VAE", kwargs={"latent_dim": 50, "hidden": 200, "arch": "mlp", "decoder": "bernoulli"},
         paper=86.76, target=87.0, objective="elbo",

@@ -173,7 +173,8 @@ def train(name, args):
 
     def save():
         st["mask_index"] = getattr(model, "mask_index", 0)
-        save_checkpoint(ckpt, {"model": {"name": name}, "data": {"name": "mnist"},
+        save_checkpoint(ckpt, {"model": {"name": name, "kwargs": dict(recipe["kwargs"]), "input_shape": [1, 28, 28]},
+                               "data": {"name": "mnist", "binarize": "dynamic"},
                                "model_state": model.state_dict(), "optim_state": opt.state_dict(),
                                "noise_state": noise.get_state(), "state": st})
 

@@ -8,10 +8,12 @@ import glob
 import hashlib
 import os
 import tempfile
+import warnings
 
 import torch
 
 FORMAT, VERSION = "fastgen-checkpoint", 2
+LEGACY_VERSION = 1  # before checksums: loaded with a warning
 FILENAME = "checkpoint.pt"
 
 
@@ -177,13 +179,21 @@ def load_checkpoint(path):
         raise CheckpointError(f"{path} is not a readable fastgen checkpoint ({why})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fastgen checkpoint")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {payload.get('version')!r}; "
-                              f"this fastgen reads version {VERSION}")
+    version = payload.get("version")
+    if version not in (LEGACY_VERSION, VERSION):
+        raise CheckpointError(f"{path} has checkpoint version {version!r}; "
+                              f"this fastgen reads versions {LEGACY_VERSION} and {VERSION}")
     stored = payload.pop("checksum", None)
-    if not isinstance(stored, str):
+    if version == LEGACY_VERSION:
+        # written before checksums existed: still loaded (the same restricted torch.load and
+        # structure checks), with a warning that its bytes cannot be verified
+        if stored is not None:
+            raise CheckpointError(f"{path}: a version-{LEGACY_VERSION} checkpoint cannot carry a checksum")
+        warnings.warn(f"{path} was written by an older fastgen (checkpoint version {LEGACY_VERSION}, no "
+                      "checksum): its contents cannot be verified; the next save adds a checksum", stacklevel=2)
+    elif not isinstance(stored, str):
         raise CheckpointError(f"{path} has no checksum")
-    if checksum(payload) != stored:
+    elif checksum(payload) != stored:
         raise CheckpointError(f"{path} is corrupt: its contents do not match the checksum stored with them")
     _check_structure(path, payload)
     return payload
