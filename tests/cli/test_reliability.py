@@ -351,3 +351,30 @@ def test_readme_anomaly_example_trains_on_the_normal_classes():
     run = score.split()[2]
     train = next(ln for ln in lines if ln.startswith("fastgen train") and f"--out {run}" in ln)
     assert "--classes 0-4" in train, train
+
+
+def test_legacy_checkpoint_without_checksum_loads_with_a_warning(tmp_path):
+    """Version-1 checkpoints predate checksums: loaded (same restricted load and structure
+    checks) with a warning; a version-1 file that claims a checksum is refused."""
+    import warnings
+
+    import torch
+
+    from fastgen.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"model": {"name": "made", "kwargs": {}, "input_shape": [1, 2, 2]},
+                           "data": {"name": "digits"}, "model_state": {"w": torch.ones(3)}})
+    payload = torch.load(path, weights_only=True)
+    payload.pop("checksum")
+    payload["version"] = 1
+    torch.save(payload, path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_checkpoint(path)
+    assert torch.equal(loaded["model_state"]["w"], torch.ones(3))
+    assert any("cannot be verified" in str(w.message) for w in caught)
+    payload["checksum"] = "0" * 64
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="cannot carry a checksum"):
+        load_checkpoint(path)
