@@ -198,3 +198,15 @@ def test_narrow_kernel_libraries_hold_no_wider_instructions(cap, forbidden):
     assert len(text) > 1000
     for reg in forbidden:
         assert reg not in text, f"{os.path.basename(path)} uses {reg} registers"
+
+
+def test_make_gpu_check_without_a_gpu_says_so_and_succeeds():
+    import shutil
+    import subprocess
+
+    if torch.cuda.is_available() or shutil.which("make") is None or shutil.which("nvidia-smi"):
+        pytest.skip("a GPU (or nvidia-smi) is present, or no make")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(["make", "--no-print-directory", "-C", root, "gpu-check"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "no GPU: nothing to check"
