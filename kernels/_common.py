@@ -41,13 +41,14 @@ if INTERPRET:
     def round_to(x, dtype):
         """x (fp32/fp64) as dtype, rounded to nearest even: bf16 by hand (add 0x7FFF plus the
         lowest kept bit to the fp32 bits, keep the top 16; overflow goes to inf). A NaN is kept
-        apart: the canonical NaN 0x7FFFFFFF would wrap to -0.0."""
+        apart: the canonical NaN 0x7FFFFFFF would wrap to -0.0, and one whose payload sits in the
+        low 16 bits would truncate to inf; its quiet bit is set before its top 16 bits are kept."""
         if dtype == tl.bfloat16:
             x32 = x.to(tl.float32)
             bits = x32.to(tl.uint32, bitcast=True)
-            bits = bits + 0x7FFF + ((bits >> 16) & 1)
-            rounded = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-            return tl.where(x32 == x32, rounded, x32.to(tl.bfloat16))
+            rounded = bits + 0x7FFF + ((bits >> 16) & 1)
+            bits = tl.where(x32 == x32, rounded, bits | 0x400000)
+            return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
         else:
             return x.to(dtype)
 else:
