@@ -30,8 +30,8 @@ def _cases(device):
                           (_rand(1, 2, 4, 3, device=device, seed=5), _rand(2, 2, 3, 3, device=device, seed=6),
                            _rand(2, device=device, seed=7))),
         "row_lstm_scan": (lambda g, w, b: row_lstm_scan(g, w, b).square().sum(),
-                          (_rand(1, 8, 3, 2, device=device, seed=8), _rand(8, 2, 3, device=device, seed=9),
-                           _rand(8, device=device, seed=10))),
+                          (_rand(1, 4, 2, 3, device=device, seed=8), _rand(4, 1, 3, device=device, seed=9),
+                           _rand(4, device=device, seed=10))),
     }
 
 
@@ -62,9 +62,13 @@ def test_double_backward_raises_clearly_or_is_exact(impl, device, op):
 
 @pytest.mark.parametrize("op", OPS)
 def test_gradgradcheck_fails_loudly_not_silently(impl, device, op):
-    """gradgradcheck itself: an error, not a numerical mismatch hidden behind zeros."""
+    """gradgradcheck itself: an error, not a numerical mismatch hidden behind zeros. (Not for
+    triton under the interpreter: gradgradcheck's numerical part takes minutes there; the test
+    above shows its error.)"""
     if impl == "reference":
         pytest.skip("the reference supports double backward (tested above)")
+    if impl == "triton" and device == "cpu":
+        pytest.skip("minutes under the Triton interpreter")
     fn, inputs = _cases(device)[op]
     with pytest.raises(RuntimeError, match="double backward is not supported"):
         torch.autograd.gradgradcheck(fn, inputs)
