@@ -1,7 +1,8 @@
 // The Python module fastgen._C. Importing it loads this shared library, whose static
 // initialisers register the fastgen:: ops (schemas in csrc/<op>/<op>.cpp, kernels beside them).
 // Its only function is an eager fast path for a dispatch-bound op; everything else goes through
-// torch.ops.fastgen.
+// torch.ops.fastgen. The CPU kernels live in fastgen._cpu_<capability> (one per vector ISA),
+// of which fastgen/_ext.py loads one.
 #include <torch/extension.h>
 
 namespace fastgen {
@@ -14,13 +15,6 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cuda_built") = 1;
 #else
   m.attr("cuda_built") = 0;
-#endif
-#if defined(CPU_CAPABILITY_AVX512)
-  m.attr("cpu_capability") = "avx512";
-#elif defined(CPU_CAPABILITY_AVX2)
-  m.attr("cpu_capability") = "avx2";
-#else
-  m.attr("cpu_capability") = "default";
 #endif
   m.def("reparameterize", &fastgen::reparameterize_call, "torch.ops.fastgen.reparameterize, called natively",
         pybind11::arg("mu"), pybind11::arg("logvar"), pybind11::arg("eps"));

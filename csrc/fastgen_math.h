@@ -25,18 +25,21 @@ FASTGEN_HOST_DEVICE inline float fg_log1p(float x) { return ::log1pf(x); }
 FASTGEN_HOST_DEVICE inline double fg_log1p(double x) { return ::log1p(x); }
 FASTGEN_HOST_DEVICE inline float fg_abs(float x) { return ::fabsf(x); }
 FASTGEN_HOST_DEVICE inline double fg_abs(double x) { return ::fabs(x); }
-FASTGEN_HOST_DEVICE inline float fg_max(float a, float b) { return a > b ? a : b; }
-FASTGEN_HOST_DEVICE inline double fg_max(double a, double b) { return a > b ? a : b; }
-FASTGEN_HOST_DEVICE inline float fg_min(float a, float b) { return a < b ? a : b; }
-FASTGEN_HOST_DEVICE inline double fg_min(double a, double b) { return a < b ? a : b; }
+// max/min propagate NaN (as torch.maximum and at::vec::maximum do; fmaxf and a bare `a > b ? a
+// : b` would drop a NaN in a: relu(NaN) must stay NaN in the scalar tail as in the vector body).
+FASTGEN_HOST_DEVICE inline float fg_max(float a, float b) { return (a > b || a != a) ? a : b; }
+FASTGEN_HOST_DEVICE inline double fg_max(double a, double b) { return (a > b || a != a) ? a : b; }
+FASTGEN_HOST_DEVICE inline float fg_min(float a, float b) { return (a < b || a != a) ? a : b; }
+FASTGEN_HOST_DEVICE inline double fg_min(double a, double b) { return (a < b || a != a) ? a : b; }
 FASTGEN_HOST_DEVICE inline float fg_tanh(float x) { return ::tanhf(x); }
 FASTGEN_HOST_DEVICE inline double fg_tanh(double x) { return ::tanh(x); }
 // where(x >= 0, a, b)
 FASTGEN_HOST_DEVICE inline float fg_where_nonneg(float x, float a, float b) { return x >= 0.f ? a : b; }
 FASTGEN_HOST_DEVICE inline double fg_where_nonneg(double x, double a, double b) { return x >= 0.0 ? a : b; }
-// where(x > 0, 1, 0) as a value
-FASTGEN_HOST_DEVICE inline float fg_positive(float x) { return x > 0.f ? 1.f : 0.f; }
-FASTGEN_HOST_DEVICE inline double fg_positive(double x) { return x > 0.0 ? 1.0 : 0.0; }
+// where(x <= 0, 0, 1) as a value: 1 for x > 0 and for NaN, as relu's backward (which zeroes the
+// gradient where its result is <= 0) lets the gradient through at a NaN
+FASTGEN_HOST_DEVICE inline float fg_positive(float x) { return x <= 0.f ? 0.f : 1.f; }
+FASTGEN_HOST_DEVICE inline double fg_positive(double x) { return x <= 0.0 ? 0.0 : 1.0; }
 
 // softplus(x) = log(1 + e^x), exact and finite for any x: max(x, 0) + log1p(e^-|x|).
 template <typename T>
@@ -109,7 +112,7 @@ inline at::vec::Vectorized<S> fg_where_nonneg(const at::vec::Vectorized<S>& x,
 template <typename S>
 inline at::vec::Vectorized<S> fg_positive(const at::vec::Vectorized<S>& x) {
   using V = at::vec::Vectorized<S>;
-  return V::blendv(V(S(0)), V(S(1)), x > V(S(0)));
+  return V::blendv(V(S(1)), V(S(0)), x <= V(S(0)));
 }
 }  // namespace fastgen
 #endif

@@ -29,7 +29,8 @@ def build_info():
         "version": __version__,
         "torch": torch.__version__,
         "cpp": _ext.AVAILABLE,
-        "cpu_capability": _ext.CPU_CAPABILITY,
+        "cpu_capability": _ext.CPU_CAPABILITY,        # the CPU kernels in use (default|avx2|avx512)
+        "cpu_capabilities": list(_ext.CPU_CAPABILITIES),  # those built
         "cuda_kernels": _ext.CUDA_BUILT,
         "cuda_device": torch.cuda.is_available(),
         "extension_error": None if _ext.LOAD_ERROR is None else str(_ext.LOAD_ERROR),

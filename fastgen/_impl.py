@@ -3,6 +3,9 @@
 Names: "auto", "reference", "cpp", "cuda", "triton". "auto" picks cpp for CPU tensors (the
 reference when the extension is not built) and the op's declared GPU default for CUDA tensors.
 An explicit choice that cannot serve the given tensors raises; it never falls back silently.
+An op may declare "vendor" as its GPU default: PyTorch's own cuBLAS/cuDNN call on a pre-masked
+weight (masked_linear, masked_conv2d: our SIMT kernels cannot match tensor-core GEMMs). It is
+only ever auto's choice; "cuda" and "triton" stay selectable by name.
 The choice is process-global (set_impl, use_impl, or the environment variable FASTGEN_IMPL).
 """
 import contextlib
@@ -100,6 +103,8 @@ def select(op, device, gpu_default="cuda"):
         if device_type == "cpu":
             return "cpp" if _ext.AVAILABLE else "reference"
         if device_type == "cuda":
+            if gpu_default == "vendor":
+                return "vendor"
             other = "triton" if gpu_default == "cuda" else "cuda"
             for candidate in (gpu_default, other):
                 if _can_serve(candidate, device_type)[0]:

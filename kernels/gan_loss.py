@@ -7,7 +7,8 @@ Each loss term is the mean over one tensor of l(x) = c * f(s * x), s, c in {+1, 
 Stage 1: each program reduces BLOCK elements to one partial sum (fp32 accumulation, fp64 for
 fp64) and writes dl/dx / n. Stage 2: one program adds the partials of each tensor in order, in
 fp64, and divides by n (NaN for an empty tensor, as torch.mean). No atomics: the result is
-deterministic. The interpreter has no libdevice log1p, so log1p(e) for e in (0, 1] is
+deterministic. exp, log and fp32 division are the precise ones on the GPU (kernels/_common.py).
+The interpreter has no libdevice log1p, so log1p(e) for e in (0, 1] is
 log(u) - ((u - 1) - e) / u with u = 1 + e (exact to rounding: the correction restores the part
 of e lost when forming u).
 """
@@ -15,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastgen.kernels._common import round_to
+from fastgen.kernels._common import div, exp, log, on_device, round_to
 
 SOFTPLUS, HINGE, LINEAR = 0, 1, 2
 # kind -> (family, (s, c) per term): the real term first for the discriminator.
@@ -32,7 +33,7 @@ FINAL_BLOCK = 1024
 def _log1p_unit(e):
     """log1p(e) for e in (0, 1], without libdevice."""
     u = 1.0 + e
-    return tl.log(u) - ((u - 1.0) - e) / u
+    return log(u) - div((u - 1.0) - e, u)
 
 
 @triton.jit
@@ -45,16 +46,18 @@ def _term_kernel(x_ptr, grad_ptr, partial_ptr, N, S: tl.constexpr, C: tl.constex
     x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
     y = S * x
     # 1/n formed here in ACC: a float kernel argument would be rounded to fp32
-    cs_inv_n = (C * S) / tl.cast(N, ACC)
+    cs_inv_n = div(tl.full([], C * S, ACC), tl.cast(N, ACC))
     if FAMILY == 0:
-        e = tl.exp(-tl.abs(y))
-        r = 1.0 / (1.0 + e)
+        e = exp(-tl.abs(y))
+        r = div(tl.full([BLOCK], 1.0, ACC), 1.0 + e)
         loss = C * (tl.maximum(y, 0.0) + _log1p_unit(e))
         grad = cs_inv_n * tl.where(y >= 0, r, e * r)
     elif FAMILY == 1:
         h = 1.0 + y
-        loss = C * tl.maximum(h, 0.0)
-        grad = tl.where(h > 0, cs_inv_n, 0.0)
+        # NaN propagates (relu(NaN) = NaN, as the reference); the gradient passes a NaN as
+        # relu's backward does (it zeroes only where the result is <= 0)
+        loss = C * tl.where(h <= 0, 0.0, h)
+        grad = tl.where(h <= 0, 0.0, cs_inv_n)
     else:
         loss = C * y
         grad = tl.zeros_like(y) + cs_inv_n
@@ -70,7 +73,7 @@ def _segment_mean(partial_ptr, count, n, BLOCK: tl.constexpr):
         idx = i0 + tl.arange(0, BLOCK)
         total += tl.load(partial_ptr + idx, mask=idx < count, other=0.0).to(tl.float64)
     nf = tl.cast(n, tl.float64)
-    return tl.where(n > 0, tl.sum(total, axis=0) / tl.maximum(nf, 1.0), float("nan"))
+    return tl.where(n > 0, tl.sum(total, axis=0) / tl.maximum(nf, 1.0), float("nan"))  # fp64: exact /
 
 
 @triton.jit
@@ -109,11 +112,13 @@ def _run(tensors, wants, family, signs):
     return (loss, *grads)
 
 
+@on_device
 def discriminator_loss_forward(real_logits, fake_logits, kind, real_grad, fake_grad):
     family, signs = DISCRIMINATOR[kind]
     return _run([real_logits, fake_logits], [real_grad, fake_grad], family, signs)
 
 
+@on_device
 def generator_loss_forward(fake_logits, kind, fake_grad):
     family, signs = GENERATOR[kind]
     return _run([fake_logits], [fake_grad], family, signs)

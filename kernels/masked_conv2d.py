@@ -6,21 +6,27 @@ Implicit GEMM over the mask's non-zero taps only, activations in NHWC (M = N*H*W
   grad weight  dW[o, ci, i, j] = sum_m x[m shifted by (i - ch, j - cw), ci] * dy[m, o]   (used taps only)
 Taps: rows i < ch fully, row ch for j < cw, and the centre where group(ci) < group(o) (type A) or
 <= (type B), group(c) = c * G // C. The tap loops are unrolled at compile time (tl.static_range),
-so the masked taps are never loaded. Accumulation in fp32 (fp64 for fp64 inputs).
+so the masked taps are never loaded. Accumulation in fp32 (fp64 for fp64 inputs); on the GPU
+bf16 tiles go to tl.dot as they are (tensor cores) and fp32 ones in IEEE precision or TF32 where
+torch's cuDNN setting allows it (torch.backends.cudnn.allow_tf32, as F.conv2d would).
+Row indices are int64 from the start, so offsets past 2^31 elements are right.
 """
 import torch
 import triton
 import triton.language as tl
+
+from fastgen.kernels._common import INTERPRET, on_device
 
 
 @triton.jit
 def _conv_kernel(src_ptr, w_ptr, b_ptr, out_ptr, M, H, W, KC, NC, CIN, COUT, G,
                  CH: tl.constexpr, CW: tl.constexpr, KW: tl.constexpr, CENTRE: tl.constexpr,
                  TYPE_A: tl.constexpr, MIRROR: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
+                 NATIVE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     # out[m, n] = sum_taps sum_k src[shift(m), k] * w[i, j, k, n]; forward: k = ci, n = o;
     # MIRROR (input gradient): src = dy, k = o, n = ci, the shift mirrored.
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = rm < M
     n_ok = rn < NC
@@ -43,7 +49,7 @@ def _conv_kernel(src_ptr, w_ptr, b_ptr, out_ptr, M, H, W, KC, NC, CIN, COUT, G,
                     rk = k0 + tl.arange(0, BLOCK_K)
                     k_ok = rk < KC
                     a = tl.load(src_ptr + base[:, None] + rk[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                                other=0.0).to(ACC)
+                                other=0.0)
                     w_ok = k_ok[:, None] & n_ok[None, :]
                     if i == CH and j == CW:  # the centre: only the allowed channel pairs
                         if MIRROR:
@@ -57,8 +63,11 @@ def _conv_kernel(src_ptr, w_ptr, b_ptr, out_ptr, M, H, W, KC, NC, CIN, COUT, G,
                         else:
                             w_ok = w_ok & (gi <= go)
                     wt = tl.load(w_ptr + ((i * KW + j) * KC + rk[:, None]).to(tl.int64) * NC + rn[None, :],
-                                 mask=w_ok, other=0.0).to(ACC)
-                    acc += tl.dot(a, wt, input_precision="ieee", out_dtype=ACC)
+                                 mask=w_ok, other=0.0)
+                    if NATIVE_DOT:  # bf16 on the GPU: tensor cores, fp32 accumulation
+                        acc += tl.dot(a, wt, out_dtype=ACC)
+                    else:
+                        acc += tl.dot(a.to(ACC), wt.to(ACC), input_precision=PRECISION, out_dtype=ACC)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(ACC)[None, :]
     offs = rm[:, None].to(tl.int64) * NC + rn[None, :]
@@ -69,7 +78,7 @@ def _conv_kernel(src_ptr, w_ptr, b_ptr, out_ptr, M, H, W, KC, NC, CIN, COUT, G,
 def _weight_grad_kernel(x_ptr, gy_ptr, gw_ptr, M, H, W, CIN, COUT, G,
                         CH: tl.constexpr, CW: tl.constexpr, KW: tl.constexpr, TYPE_A: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
-                        ACC: tl.constexpr):
+                        ACC: tl.constexpr, NATIVE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     # One program per (used tap, Cin block, Cout block): gw[i, j, ci, o] = sum_m x[shift(m), ci] dy[m, o].
     t = tl.program_id(0)
     i = tl.where(t < CH * KW, t // KW, CH)
@@ -80,16 +89,19 @@ def _weight_grad_kernel(x_ptr, gy_ptr, gw_ptr, M, H, W, CIN, COUT, G,
     co_ok = rco < COUT
     acc = tl.zeros([BLOCK_CI, BLOCK_CO], dtype=ACC)
     for m0 in range(0, M, BLOCK_M):
-        rm = m0 + tl.arange(0, BLOCK_M)
+        rm = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         img = rm // (H * W)
         yy = (rm // W) % H + (i - CH)
         xx = rm % W + (j - CW)
         row_ok = (rm < M) & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
         xs = tl.load(x_ptr + ((img * H + yy) * W + xx).to(tl.int64)[None, :] * CIN + rci[:, None],
-                     mask=ci_ok[:, None] & row_ok[None, :], other=0.0).to(ACC)
-        gy = tl.load(gy_ptr + rm.to(tl.int64)[:, None] * COUT + rco[None, :],
-                     mask=(rm < M)[:, None] & co_ok[None, :], other=0.0).to(ACC)
-        acc += tl.dot(xs, gy, input_precision="ieee", out_dtype=ACC)
+                     mask=ci_ok[:, None] & row_ok[None, :], other=0.0)
+        gy = tl.load(gy_ptr + rm[:, None] * COUT + rco[None, :],
+                     mask=(rm < M)[:, None] & co_ok[None, :], other=0.0)
+        if NATIVE_DOT:
+            acc += tl.dot(xs, gy, out_dtype=ACC)
+        else:
+            acc += tl.dot(xs.to(ACC), gy.to(ACC), input_precision=PRECISION, out_dtype=ACC)
     keep = ci_ok[:, None] & co_ok[None, :]
     centre = (i == CH) & (j == CW)
     gi = rci[:, None] * G // CIN
@@ -105,6 +117,12 @@ def _weight_grad_kernel(x_ptr, gy_ptr, gw_ptr, M, H, W, CIN, COUT, G,
 
 def _acc(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _dot_args(dtype):
+    """NATIVE_DOT (bf16 tiles straight to tl.dot) and PRECISION for fp32 tiles."""
+    tf32 = not INTERPRET and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    return dict(NATIVE_DOT=dtype == torch.bfloat16 and not INTERPRET, PRECISION="tf32" if tf32 else "ieee")
 
 
 def _blocks(kc, nc):
@@ -128,9 +146,10 @@ def _run_conv(src, w_arranged, bias, out, n, h, w, kc, nc, cin, cout, groups, kh
     _conv_kernel[grid](src, w_arranged, bias if bias is not None else w_arranged, out, m, h, w, kc, nc, cin, cout,
                        groups, CH=kh // 2, CW=kw // 2, KW=kw, CENTRE=_centre_used(mask_type, groups),
                        TYPE_A=(mask_type == "A"), MIRROR=mirror, HAS_BIAS=bias is not None,
-                       BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ACC=_acc(src.dtype))
+                       BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ACC=_acc(src.dtype), **_dot_args(src.dtype))
 
 
+@on_device
 def masked_conv2d_forward(x, weight, bias, mask_type, data_channels):
     """x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw), bias: (Cout,) or None -> y (N, Cout, H, W)
     channels-last."""
@@ -145,6 +164,7 @@ def masked_conv2d_forward(x, weight, bias, mask_type, data_channels):
     return out.permute(0, 3, 1, 2)
 
 
+@on_device
 def masked_conv2d_backward(grad_y, x, weight, mask_type, data_channels, x_grad, weight_grad, bias_grad):
     """-> (grad_x channels-last or empty, grad_weight (zero on masked taps) or empty, grad_bias or empty)."""
     n, cin, h, w = x.shape
@@ -168,7 +188,7 @@ def masked_conv2d_backward(grad_y, x, weight, mask_type, data_channels, x_grad, 
             grid = (taps, triton.cdiv(cin, bci), triton.cdiv(cout, bco))
             _weight_grad_kernel[grid](_nhwc(x), gy, arranged, m, h, w, cin, cout, data_channels, CH=ch, CW=cw,
                                       KW=kw, TYPE_A=(mask_type == "A"), BLOCK_M=32, BLOCK_CI=bci,
-                                      BLOCK_CO=bco, ACC=_acc(x.dtype))
+                                      BLOCK_CO=bco, ACC=_acc(x.dtype), **_dot_args(x.dtype))
         gw = arranged.permute(3, 2, 0, 1).contiguous()
     if bias_grad:
         gb = gy.sum(dim=(0, 1, 2), dtype=torch.float64 if gy.dtype == torch.float64 else torch.float32).to(weight.dtype)

@@ -8,23 +8,23 @@ import torch
 import triton
 import triton.language as tl
 
-from fastgen.kernels._common import round_to
+from fastgen.kernels._common import exp, on_device, round_to
 
 
 @triton.jit
 def _forward_kernel(mu_ptr, lv_ptr, eps_ptr, z_ptr, kl_ptr, R, D,
                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < R
     acc = tl.zeros([BLOCK_R], dtype=ACC)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (cols[None, :] < D)
-        offs = rows[:, None].to(tl.int64) * D + cols[None, :]
+        offs = rows[:, None] * D + cols[None, :]
         mu = tl.load(mu_ptr + offs, mask=ok, other=0.0).to(ACC)
         lv = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(ACC)
         eps = tl.load(eps_ptr + offs, mask=ok, other=0.0).to(ACC)
-        s = tl.exp(lv * 0.5)
+        s = exp(lv * 0.5)
         tl.store(z_ptr + offs, round_to(mu + s * eps, z_ptr.dtype.element_ty), mask=ok)
         term = mu * mu + s * s - 1.0 - lv
         acc += tl.sum(tl.where(ok, term, 0.0), axis=1)
@@ -41,7 +41,7 @@ def _backward_kernel(gz_ptr, gk_ptr, mu_ptr, lv_ptr, eps_ptr, dmu_ptr, dlv_ptr, 
     mu = tl.load(mu_ptr + offs, mask=ok, other=0.0).to(ACC)
     lv = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(ACC)
     eps = tl.load(eps_ptr + offs, mask=ok, other=0.0).to(ACC)
-    s = tl.exp(lv * 0.5)
+    s = exp(lv * 0.5)
     tl.store(dmu_ptr + offs, round_to(gz + gk * mu, dmu_ptr.dtype.element_ty), mask=ok)
     dlv = 0.5 * (gz * eps * s + gk * (s * s - 1.0))
     tl.store(dlv_ptr + offs, round_to(dlv, dlv_ptr.dtype.element_ty), mask=ok)
@@ -53,6 +53,7 @@ def _acc(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+@on_device
 def reparameterize_forward(mu, logvar, eps):
     mu, logvar, eps = mu.contiguous(), logvar.contiguous(), eps.contiguous()
     z = torch.empty_like(mu)
@@ -68,6 +69,7 @@ def reparameterize_forward(mu, logvar, eps):
     return z, kl
 
 
+@on_device
 def reparameterize_backward(grad_z, grad_kl, mu, logvar, eps, eps_requires_grad):
     grad_z, grad_kl = grad_z.contiguous(), grad_kl.contiguous()
     mu, logvar, eps = mu.contiguous(), logvar.contiguous(), eps.contiguous()

@@ -6,26 +6,32 @@ hidden state tile (h, W) in registers and its cell state carried across rows:
     i, f, o = sigmoid(z_i, z_f, z_o), g = tanh(z_g); c_r = f c_{r-1} + i g; h_r = o tanh(c_r)
 The shifted previous rows are re-read from the hidden output in global memory (written the
 row before; a barrier orders it). The backward runs the rows in reverse with the saved gates and
-cells; dz_q feeds dx directly, dW_k += dz_q @ h_{r-1}[:, w + k - 1]^T and db += sum_w dz_q
-(atomics across programs), and the next dh = sum_{q,k} W_qk^T @ dz_q[:, w - k + 1], with the
+cells; dz_q feeds dx, and the next dh = sum_{q,k} W_qk^T @ dz_q[:, w - k + 1], with the
 shifted dz re-read from dx. Accumulation in fp32 (fp64 for fp64 inputs); bf16 runs in fp32.
+The weight and bias gradients are not accumulated inside the scan (atomics from every program,
+in no fixed order): after it, dx holds every gate gradient dz, and
+    dW[j, c, k] = sum_{b, r >= 1, w} dz[b, j, r, w] h[b, c, r - 1, w + k - 1],  db[j] = sum dz[b, j]
+are one GEMM and one reduction in PyTorch (row_lstm_param_grads): deterministic, on cuBLAS.
+Offsets are int64 (the batch index is widened first), so tensors past 2^31 elements index right.
 """
 import torch
 import triton
 import triton.language as tl
 
+from fastgen.kernels._common import div, exp, on_device
+
 
 @triton.jit
 def _sigmoid(x):
-    e = tl.exp(-tl.abs(x))
-    r = 1.0 / (1.0 + e)
+    e = exp(-tl.abs(x))
+    r = div(tl.full(x.shape, 1.0, x.dtype), 1.0 + e)
     return tl.where(x >= 0, r, e * r)
 
 
 @triton.jit
 def _tanh(x):
-    e = tl.exp(-2.0 * tl.abs(x))
-    t = (1.0 - e) / (1.0 + e)
+    e = exp(-2.0 * tl.abs(x))
+    t = div(1.0 - e, 1.0 + e)
     return tl.where(x >= 0, t, -t)
 
 
@@ -57,12 +63,12 @@ def _gate_pre(x_ptr, w_ptr, b_ptr, hid_ptr, b, r, q, h, H, W, u, wv, uok,
 @triton.jit
 def _forward_kernel(x_ptr, w_ptr, b_ptr, hid_ptr, cell_ptr, gates_ptr, B, h, H, W,
                     HAS_BIAS: tl.constexpr, HB: tl.constexpr, WB: tl.constexpr, ACC: tl.constexpr):
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     u = tl.arange(0, HB)
     wv = tl.arange(0, WB)
     uok = u < h
     ok = uok[:, None] & (wv[None, :] < W)
-    BW = B * W
+    BW = (b * 0 + B) * W  # int64 (b is); B may be a constexpr (Triton specialises 1)
     c = tl.zeros([HB, WB], dtype=ACC)
     for r in range(0, H):
         i = _sigmoid(_gate_pre(x_ptr, w_ptr, b_ptr, hid_ptr, b, r, 0, h, H, W, u, wv, uok, HAS_BIAS, HB, WB, ACC))
@@ -83,22 +89,11 @@ def _forward_kernel(x_ptr, w_ptr, b_ptr, hid_ptr, cell_ptr, gates_ptr, B, h, H, 
 
 
 @triton.jit
-def _gate_grad(dz, gx_ptr, gw_ptr, gb_ptr, hid_ptr, b, r, q, h, H, W, u, wv, uok,
-               BIAS_GRAD: tl.constexpr, ACC: tl.constexpr):
-    """Store dx of gate q at row r, accumulate its weight and bias gradient."""
+def _gate_grad(dz, gx_ptr, b, r, q, h, H, W, u, wv, uok):
+    """Store dz of gate q at row r into dx (the weight and bias gradients come after the scan)."""
     G = 4 * h
     ok = uok[:, None] & (wv[None, :] < W)
     tl.store(gx_ptr + ((b * G + q * h + u[:, None]) * H + r) * W + wv[None, :], dz, mask=ok)
-    if BIAS_GRAD:
-        tl.atomic_add(gb_ptr + q * h + u, tl.sum(dz, axis=1), mask=uok)
-    if r > 0:
-        for k in tl.static_range(3):
-            ws = wv + (k - 1)
-            okk = uok[:, None] & (ws[None, :] >= 0) & (ws[None, :] < W)
-            hp = tl.load(hid_ptr + ((b * h + u[:, None]) * H + (r - 1)) * W + ws[None, :], mask=okk, other=0.0)
-            dw = tl.dot(dz, tl.trans(hp.to(ACC)), input_precision="ieee", out_dtype=ACC)  # (u, c)
-            tl.atomic_add(gw_ptr + ((q * h + u[:, None]) * h + u[None, :]) * 3 + k, dw,
-                          mask=uok[:, None] & uok[None, :])
 
 
 @triton.jit
@@ -117,14 +112,14 @@ def _recurrent_grad(gx_ptr, w_ptr, b, r, q, h, H, W, u, wv, uok, HB: tl.constexp
 
 
 @triton.jit
-def _backward_kernel(gh_ptr, w_ptr, hid_ptr, cell_ptr, gates_ptr, gx_ptr, gw_ptr, gb_ptr, B, h, H, W,
-                     BIAS_GRAD: tl.constexpr, HB: tl.constexpr, WB: tl.constexpr, ACC: tl.constexpr):
-    b = tl.program_id(0)
+def _backward_kernel(gh_ptr, w_ptr, hid_ptr, cell_ptr, gates_ptr, gx_ptr, B, h, H, W,
+                     HB: tl.constexpr, WB: tl.constexpr, ACC: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
     u = tl.arange(0, HB)
     wv = tl.arange(0, WB)
     uok = u < h
     ok = uok[:, None] & (wv[None, :] < W)
-    BW = B * W
+    BW = (b * 0 + B) * W  # int64 (b is); B may be a constexpr (Triton specialises 1)
     col = b * W + wv[None, :]
     dh_rec = tl.zeros([HB, WB], dtype=ACC)
     dc = tl.zeros([HB, WB], dtype=ACC)
@@ -140,11 +135,10 @@ def _backward_kernel(gh_ptr, w_ptr, hid_ptr, cell_ptr, gates_ptr, gx_ptr, gw_ptr
         c_prev = tl.load(cell_ptr + ((r - 1) * h + u[:, None]) * BW + col, mask=ok & (r > 0), other=0.0)
         tc = _tanh(c)
         dcur = dc + dh * o * (1.0 - tc * tc)
-        _gate_grad(dcur * g * i * (1.0 - i), gx_ptr, gw_ptr, gb_ptr, hid_ptr, b, r, 0, h, H, W, u, wv, uok, BIAS_GRAD, ACC)
-        _gate_grad(dcur * c_prev * f * (1.0 - f), gx_ptr, gw_ptr, gb_ptr, hid_ptr, b, r, 1, h, H, W, u, wv, uok,
-                   BIAS_GRAD, ACC)
-        _gate_grad(dcur * i * (1.0 - g * g), gx_ptr, gw_ptr, gb_ptr, hid_ptr, b, r, 2, h, H, W, u, wv, uok, BIAS_GRAD, ACC)
-        _gate_grad(dh * tc * o * (1.0 - o), gx_ptr, gw_ptr, gb_ptr, hid_ptr, b, r, 3, h, H, W, u, wv, uok, BIAS_GRAD, ACC)
+        _gate_grad(dcur * g * i * (1.0 - i), gx_ptr, b, r, 0, h, H, W, u, wv, uok)
+        _gate_grad(dcur * c_prev * f * (1.0 - f), gx_ptr, b, r, 1, h, H, W, u, wv, uok)
+        _gate_grad(dcur * i * (1.0 - g * g), gx_ptr, b, r, 2, h, H, W, u, wv, uok)
+        _gate_grad(dh * tc * o * (1.0 - o), gx_ptr, b, r, 3, h, H, W, u, wv, uok)
         dc = dcur * f
         tl.debug_barrier()  # dz of this row is re-read from dx, shifted along W
         dh_rec = tl.zeros([HB, WB], dtype=ACC)
@@ -162,6 +156,7 @@ def _blocks(h, W):
     return max(16, triton.next_power_of_2(h)), max(16, triton.next_power_of_2(W))
 
 
+@on_device
 def row_lstm_scan_forward(input_gates, weight_ss, bias):
     """input_gates (B, 4h, H, W), weight_ss (4h, h, 3), bias (4h,) or None ->
     hidden (B, h, H, W), cell (H, h, B, W), gates (H, 4h, B, W) (the latter two in fp32 for bf16)."""
@@ -182,18 +177,35 @@ def row_lstm_scan_forward(input_gates, weight_ss, bias):
     return hidden.to(dtype), cell, gates
 
 
+def row_lstm_param_grads(dz, hidden, bias_grad):
+    """Weight and bias gradients from the gate gradients dz (B, 4h, H, W) and the hidden states
+    (B, h, H, W), both in the accumulation dtype: dW[j, c, k] = sum_{b, r >= 1, w} dz[b, j, r, w]
+    h[b, c, r - 1, w + k - 1] as one GEMM over (b, r, w), db = sum of dz; deterministic."""
+    B, G, H, W = dz.shape
+    h = hidden.shape[1]
+    gw = dz.new_zeros(G, h, 3)
+    if H > 1 and B * W > 0:
+        d = dz[:, :, 1:].transpose(0, 1).reshape(G, -1)                      # (4h, B (H-1) W)
+        hp = torch.nn.functional.pad(hidden[:, :, :-1], (1, 1))             # (B, h, H-1, W+2)
+        shifted = torch.stack([hp[..., k:k + W] for k in range(3)], 2)      # (B, h, 3, H-1, W)
+        hs = shifted.permute(1, 2, 0, 3, 4).reshape(3 * h, -1)             # (h*3, B (H-1) W)
+        gw = (d @ hs.t()).view(G, h, 3)
+    gb = dz.sum((0, 2, 3)) if bias_grad else dz.new_zeros(0)
+    return gw, gb
+
+
+@on_device
 def row_lstm_scan_backward(grad_hidden, weight_ss, hidden, cell, gates, bias_requires_grad):
     """-> grad_input (B, 4h, H, W), grad_weight (4h, h, 3), grad_bias (4h,) or (0,)."""
     dtype = hidden.dtype
     acc = cell.dtype
     B, h, H, W = hidden.shape
     gx = torch.zeros(B, 4 * h, H, W, dtype=acc, device=hidden.device)
-    gw = torch.zeros(4 * h, h, 3, dtype=acc, device=hidden.device)
-    gb = torch.zeros(4 * h if bias_requires_grad else 0, dtype=acc, device=hidden.device)
+    hidden_acc = hidden.to(acc).contiguous()
     if hidden.numel() > 0:
         HB, WB = _blocks(h, W)
         _backward_kernel[(B,)](grad_hidden.to(acc).contiguous(), weight_ss.to(acc).contiguous(),
-                               hidden.to(acc).contiguous(), cell.contiguous(), gates.contiguous(), gx, gw,
-                               gb if bias_requires_grad else gw, B, h, H, W, BIAS_GRAD=bias_requires_grad,
+                               hidden_acc, cell.contiguous(), gates.contiguous(), gx, B, h, H, W,
                                HB=HB, WB=WB, ACC=_acc(acc))
+    gw, gb = row_lstm_param_grads(gx, hidden_acc, bias_requires_grad)
     return gx.to(dtype), gw.to(dtype), gb.to(dtype)

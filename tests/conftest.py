@@ -1,16 +1,33 @@
-"""Shared test set-up. TRITON_INTERPRET must be set before anything imports triton, so that
-Triton kernels run on CPU tensors here."""
+"""Shared test set-up.
+
+Without CUDA, Triton kernels run on CPU tensors under the interpreter: TRITON_INTERPRET=1 must be
+set before anything imports triton (importing torch does not). With CUDA they are compiled and
+run on CUDA tensors (the interpreter would test nothing of the GPU code).
+
+TF32 is off for the whole run: PyTorch lets cuDNN use it for fp32 convolutions by default, which
+would make the F.conv2d / F.conv1d oracles TF32-accurate on a GPU and fail full-fp32 kernels
+against their 1e-5 tolerances.
+
+`pytest -m gpu` is the GPU suite: every test that needs a CUDA device carries the `gpu` marker,
+explicitly or, for tests parametrised over `impl`, automatically for the cuda and (on a GPU)
+triton parameters.
+"""
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch  # noqa: E402  (does not import triton)
+
+GPU = torch.cuda.is_available()
+if not GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 import fastgen  # noqa: E402
 from fastgen import _ext, _impl  # noqa: E402
 
-GPU = torch.cuda.is_available()
+if GPU:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def _runnable_impls():
@@ -60,7 +77,17 @@ def assert_close_bf16(ours, ref_bf16, truth):
         f"bf16 error {err_ours:.3g} exceeds twice the reference's own bf16 error {err_ref:.3g}")
 
 
+def _runs_on_gpu(item):
+    """A test parametrised over `impl` whose implementation runs on CUDA tensors here."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    name = params.get("impl") or params.get("impl_name")
+    return isinstance(name, str) and impl_device(name) == "cuda"
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if GPU and _runs_on_gpu(item):
+            item.add_marker(pytest.mark.gpu)
     if GPU:
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -114,3 +114,101 @@ def test_import_fastgen_first_loads_the_extension():
                           "import fastgen; assert fastgen.build_info()['cpp'], fastgen.build_info()"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+# --- CPU kernels for several vector ISAs, one chosen at import ------------------------------
+def test_choice_of_cpu_capability():
+    built = ("default", "avx2", "avx512")
+    assert _ext._choose(built, "avx512", "avx512") == "avx512"
+    assert _ext._choose(built, "avx2", "avx512") == "avx2"          # the CPU caps it
+    assert _ext._choose(built, "avx512", "avx2") == "avx2"          # FASTGEN_CPU_CAPABILITY caps it
+    assert _ext._choose(built, "avx512", "default") == "default"
+    assert _ext._choose(("default", "avx2"), "avx512", "avx512") == "avx2"  # only what was built
+    assert _ext._choose(("avx512",), "avx2", "avx512") is None
+
+
+def test_build_info_reports_the_cpu_capability():
+    if not _ext.AVAILABLE:
+        pytest.skip("extension not built")
+    info = fastgen.build_info()
+    assert "default" in info["cpu_capabilities"]
+    assert info["cpu_capability"] in info["cpu_capabilities"]
+    if not os.environ.get("FASTGEN_CPU_CAPABILITY"):  # the widest this CPU runs, of those built
+        assert info["cpu_capability"] == _ext._choose(tuple(info["cpu_capabilities"]), _ext._cpu_supported(),
+                                                      "avx512")
+
+
+_CAPPED_RUN = r'''
+import warnings, torch
+warnings.simplefilter("error", RuntimeWarning)
+import fastgen
+from fastgen.ops import masked_linear, discriminator_loss, row_lstm_scan
+from fastgen.reference.masked_linear import masked_linear as ref_ml
+from fastgen.reference.row_lstm_scan import row_lstm_scan as ref_scan
+print(fastgen.build_info()["cpu_capability"])
+g = torch.Generator().manual_seed(0)
+x, w = torch.randn(33, 70, generator=g), torch.randn(50, 70, generator=g)
+m = torch.rand(50, 70, generator=g) < 0.5
+torch.testing.assert_close(masked_linear(x, w, m), ref_ml(x, w, m), rtol=1e-5, atol=1e-5)
+xs, ws = torch.randn(2, 12, 3, 37, generator=g), torch.randn(12, 3, 3, generator=g) * 0.3
+torch.testing.assert_close(row_lstm_scan(xs, ws), ref_scan(xs, ws), rtol=1e-5, atol=1e-5)
+r = torch.randn(1001, generator=g) * 30
+assert torch.isfinite(discriminator_loss(r, -r))
+'''
+
+
+@pytest.mark.parametrize("cap", ["default", "avx2"])
+def test_capped_cpu_capability_loads_and_computes(cap):
+    """FASTGEN_CPU_CAPABILITY picks the narrower kernels (when built and the CPU runs them)."""
+    import subprocess
+    import sys
+
+    if not _ext.AVAILABLE or cap not in _ext.CPU_CAPABILITIES:
+        pytest.skip(f"{cap} kernels not built")
+    if _ext.CAPABILITIES.index(cap) > _ext.CAPABILITIES.index(_ext._cpu_supported()):
+        pytest.skip(f"this CPU does not run {cap}")
+    out = subprocess.run([sys.executable, "-c", _CAPPED_RUN], capture_output=True, text=True,
+                         env={**os.environ, "FASTGEN_CPU_CAPABILITY": cap})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[0] == cap
+
+
+def test_bad_cpu_capability_warns_and_is_ignored():
+    import subprocess
+    import sys
+
+    if not _ext.AVAILABLE:
+        pytest.skip("extension not built")
+    out = subprocess.run([sys.executable, "-c", "import fastgen; print(fastgen.build_info()['cpu_capability'])"],
+                         capture_output=True, text=True, env={**os.environ, "FASTGEN_CPU_CAPABILITY": "sse9"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "FASTGEN_CPU_CAPABILITY must be one of" in out.stderr
+    assert out.stdout.split()[-1] in _ext.CPU_CAPABILITIES
+
+
+@pytest.mark.parametrize("cap,forbidden", [("default", ("%ymm", "%zmm")), ("avx2", ("%zmm",))])
+def test_narrow_kernel_libraries_hold_no_wider_instructions(cap, forbidden):
+    """The AVX2 library must run on an AVX2-only CPU: not one AVX-512 (zmm) instruction in it;
+    the default one no AVX either."""
+    import shutil
+    import subprocess
+
+    path = _ext._built_libraries().get(cap)
+    if path is None or shutil.which("objdump") is None:
+        pytest.skip(f"no {cap} library or no objdump")
+    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", path], capture_output=True, text=True).stdout
+    assert len(text) > 1000
+    for reg in forbidden:
+        assert reg not in text, f"{os.path.basename(path)} uses {reg} registers"
+
+
+def test_make_gpu_check_without_a_gpu_says_so_and_succeeds():
+    import shutil
+    import subprocess
+
+    if torch.cuda.is_available() or shutil.which("make") is None or shutil.which("nvidia-smi"):
+        pytest.skip("a GPU (or nvidia-smi) is present, or no make")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(["make", "--no-print-directory", "-C", root, "gpu-check"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "no GPU: nothing to check"

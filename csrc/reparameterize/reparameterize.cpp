@@ -31,6 +31,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_backward(const at::Tensor& g
   return op.call(gz, gk, mu, logvar, eps, eps_grad);
 }
 
+// The backward op under create_graph=True: a node whose own backward raises, so a double
+// backward through reparameterize is a clear error instead of silent zeros (the backward op has
+// no derivative of its own). Only built when grad mode is on inside the backward, i.e. under
+// create_graph=True: a plain backward calls the op directly and pays nothing.
+class ReparameterizeBackwardFunction : public torch::autograd::Function<ReparameterizeBackwardFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& gz, const at::Tensor& gk,
+                               const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& eps,
+                               bool eps_grad) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [dmu, dlogvar, deps] = call_backward(gz, gk, mu, logvar, eps, eps_grad);
+    return {dmu, dlogvar, deps};
+  }
+
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK(false,
+                "double backward is not supported by fastgen.reparameterize (its gradient was taken "
+                "with create_graph=True and then differentiated); use fastgen.use_impl('reference') for it");
+  }
+};
+
 class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
@@ -47,6 +68,10 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
     at::Tensor gz = grads[0].defined() ? grads[0] : at::zeros_like(mu);
     at::Tensor gk = grads[1].defined() ? grads[1] : at::zeros(mu.sizes().slice(0, mu.dim() - 1), mu.options());
     const bool eps_grad = ctx->needs_input_grad(2);
+    if (at::GradMode::is_enabled()) {  // create_graph=True
+      auto out = ReparameterizeBackwardFunction::apply(gz, gk, mu, saved[1], saved[2], eps_grad);
+      return {out[0], out[1], eps_grad ? out[2] : at::Tensor()};
+    }
     auto [dmu, dlogvar, deps] = call_backward(gz, gk, mu, saved[1], saved[2], eps_grad);
     return {dmu, dlogvar, eps_grad ? deps : at::Tensor()};
   }

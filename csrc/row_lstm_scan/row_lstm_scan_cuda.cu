@@ -5,8 +5,14 @@
 // saved workspace. Thread t handles (unit u, column w) pairs of the row, grid-stride:
 //   z_q = x[b, q*h + u, r, w] + bias + sum_{c, k} W[q*h + u, c, k] * h_{r-1}[c, w + k - 1]
 // and the cell math of row_lstm_scan.h. The backward block runs the rows in reverse: dz of the
-// row goes to dx and to shared memory, then dW[j, c, k] += sum_w dz[j, w] h_{r-1}[c, w + k - 1]
-// and db (atomics across blocks), then dh_{r-1}[c, w] = sum_{j, k} W[j, c, k] dz[j, w - k + 1].
+// row goes to dx and to shared memory, then dh_{r-1}[c, w] = sum_{j, k} W[j, c, k] dz[j, w - k + 1].
+// The weight and bias gradients come after the scan, from dx (which then holds every dz):
+//   dW[j, c, k] = sum_{b, r >= 1, w} dz[b, j, r, w] h[b, c, r - 1, w + k - 1],  db[j] = sum dz[b, j]
+// as one cuBLAS GEMM over (b, r, w) and one reduction: deterministic (no atomics across blocks;
+// cuBLAS itself follows torch.use_deterministic_algorithms, which asks for a fixed workspace).
+// Shared memory: the row state takes (2h (W + 2)) elements forward and (4h (W + 2) + h W)
+// backward; past the default 48 KB a kernel opts in to the device's larger limit (227 KB on an
+// H100: h = 128 at W = 32 needs 86 KB backward in fp32), and beyond that the error says so.
 // Layouts as in the CPU kernel: x, hidden (B, ., H, W); cell (H, h, B, W); gates (H, 4h, B, W).
 // bfloat16 runs in float32.
 #include <ATen/cuda/CUDAContext.h>
@@ -22,7 +28,37 @@ namespace {
 
 using at::Tensor;
 constexpr int kThreads = 256;
-constexpr size_t kMaxShared = 48 * 1024;
+constexpr size_t kDefaultShared = 48 * 1024;
+
+// Lets `kernel` take `bytes` of dynamic shared memory: above the default 48 KB it must opt in
+// (cudaFuncSetAttribute), up to the device's per-block opt-in maximum.
+template <typename Kernel>
+void allow_shared(Kernel kernel, size_t bytes, const char* op, const char* what) {
+  if (bytes <= kDefaultShared) return;
+  int device = 0, optin = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  TORCH_CHECK(bytes <= static_cast<size_t>(optin), "fastgen::", op, " (CUDA): ", what, " needs ", bytes,
+              " bytes of shared memory, more than this GPU's ", optin, " per block; use a smaller h or W, "
+              "or fastgen.use_impl('reference')");
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+// dW (4h, h, 3) and db (4h,) from the gate gradients dz (B, 4h, H, W) and the hidden states
+// (B, h, H, W): one GEMM over (b, r >= 1, w) and one reduction, deterministic.
+std::pair<Tensor, Tensor> param_grads(const Tensor& dz, const Tensor& hidden, bool bias_grad) {
+  const int64_t B = dz.size(0), G = dz.size(1), H = dz.size(2), W = dz.size(3), h = hidden.size(1);
+  auto gw = at::zeros({G, h, 3}, dz.options());
+  if (H > 1 && B * W > 0) {
+    auto d = dz.narrow(2, 1, H - 1).transpose(0, 1).reshape({G, -1});              // (4h, B (H-1) W)
+    auto hp = at::constant_pad_nd(hidden.narrow(2, 0, H - 1), {1, 1});              // (B, h, H-1, W+2)
+    auto shifted = at::stack({hp.narrow(3, 0, W), hp.narrow(3, 1, W), hp.narrow(3, 2, W)}, 2);  // (B, h, 3, H-1, W)
+    auto hs = shifted.permute({1, 2, 0, 3, 4}).reshape({h * 3, -1});                // (h*3, B (H-1) W)
+    gw = at::mm(d, hs.t()).view({G, h, 3});
+  }
+  auto gb = bias_grad ? dz.sum({0, 2, 3}) : at::empty({0}, dz.options());
+  return {gw, gb};
+}
 
 template <typename T>
 __global__ void row_lstm_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
@@ -72,9 +108,9 @@ __global__ void row_lstm_forward_kernel(const T* __restrict__ x, const T* __rest
 
 template <typename T>
 __global__ void row_lstm_backward_kernel(const T* __restrict__ gh, const T* __restrict__ w,
-                                         const T* __restrict__ hidden, const T* __restrict__ cell,
-                                         const T* __restrict__ gates, T* __restrict__ gx, T* __restrict__ gw,
-                                         T* __restrict__ gb, T* __restrict__ dc_buf, int64_t B, int64_t h,
+                                         const T* __restrict__ cell,
+                                         const T* __restrict__ gates, T* __restrict__ gx,
+                                         T* __restrict__ dc_buf, int64_t B, int64_t h,
                                          int64_t H, int64_t W) {
   extern __shared__ unsigned char smem_raw[];
   const int64_t b = blockIdx.x, Wp = W + 2, G = 4 * h, BW = B * W;
@@ -99,21 +135,10 @@ __global__ void row_lstm_backward_kernel(const T* __restrict__ gh, const T* __re
         const int64_t j = q * h + u;
         gx[((b * G + j) * H + r) * W + col] = d[q];
         dzs[j * Wp + col + 1] = d[q];
-        if (gb) atomicAdd(gb + j, d[q]);
       }
     }
     __syncthreads();
     if (r == 0) break;
-    for (int64_t idx = threadIdx.x; idx < G * h * 3; idx += blockDim.x) {  // weight gradient
-      const int64_t j = idx / (h * 3), c = (idx / 3) % h, k = idx % 3;
-      const T* hp = hidden + ((b * h + c) * H + (r - 1)) * W;
-      T acc = T(0);
-      for (int64_t col = 0; col < W; ++col) {
-        const int64_t s = col + k - 1;
-        if (s >= 0 && s < W) acc += dzs[j * Wp + col + 1] * hp[s];
-      }
-      atomicAdd(gw + idx, acc);
-    }
     for (int64_t idx = threadIdx.x; idx < h * W; idx += blockDim.x) {  // dh_{r-1}
       const int64_t c = idx / W, col = idx % W;
       T acc = T(0);
@@ -143,8 +168,7 @@ std::tuple<Tensor, Tensor, Tensor> row_lstm_scan_cuda(const Tensor& x_in, const 
   if (hidden.numel() == 0) return {hidden.zero_().to(x_in.scalar_type()), cell, gates};
   AT_DISPATCH_FLOATING_TYPES(acc, "row_lstm_scan_cuda", [&] {
     const size_t shared = 2 * h * (W + 2) * sizeof(scalar_t);
-    TORCH_CHECK(shared <= kMaxShared, "fastgen::row_lstm_scan (CUDA): h * (W + 2) = ", h * (W + 2),
-                " is too large for the shared-memory row state");
+    allow_shared(row_lstm_forward_kernel<scalar_t>, shared, "row_lstm_scan", "the row state 2h (W + 2)");
     row_lstm_forward_kernel<scalar_t><<<B, kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(
         x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), has_bias ? bias.const_data_ptr<scalar_t>() : nullptr,
         hidden.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), B, h, H, W);
@@ -163,25 +187,23 @@ std::tuple<Tensor, Tensor, Tensor> row_lstm_scan_backward_cuda(const Tensor& gra
   const auto dt = hidden_in.scalar_type();
   const auto acc = row_lstm_acc_type(dt);
   auto opts = cell_in.options();
-  auto gx = at::empty({B, G, H, W}, opts);
-  auto gw = at::zeros({G, h, 3}, opts);
-  auto gb = bias_requires_grad ? at::zeros({G}, opts) : at::empty({0}, opts);
+  auto gx = at::empty({B, G, H, W}, opts);  // every element written by the kernel
+  auto hidden = hidden_in.to(acc).contiguous();
   if (hidden_in.numel() > 0) {
-    auto gh = grad_hidden.to(acc).contiguous(), hidden = hidden_in.to(acc).contiguous();
+    auto gh = grad_hidden.to(acc).contiguous();
     auto cell = cell_in.contiguous(), gates = gates_in.contiguous(), w = w_in.to(acc).contiguous();
     auto dc = at::zeros({B, h, W}, opts);
     AT_DISPATCH_FLOATING_TYPES(acc, "row_lstm_scan_backward_cuda", [&] {
       const size_t shared = (G * (W + 2) + h * W) * sizeof(scalar_t);
-      TORCH_CHECK(shared <= kMaxShared, "fastgen::row_lstm_scan_backward (CUDA): 4h * (W + 2) + h * W = ",
-                  G * (W + 2) + h * W, " is too large for the shared-memory row gradient");
+      allow_shared(row_lstm_backward_kernel<scalar_t>, shared, "row_lstm_scan_backward",
+                   "the row gradient 4h (W + 2) + h W");
       row_lstm_backward_kernel<scalar_t><<<B, kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(
-          gh.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), hidden.const_data_ptr<scalar_t>(),
-          cell.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(),
-          gw.data_ptr<scalar_t>(), bias_requires_grad ? gb.data_ptr<scalar_t>() : nullptr, dc.data_ptr<scalar_t>(),
-          B, h, H, W);
+          gh.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), cell.const_data_ptr<scalar_t>(),
+          gates.const_data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), B, h, H, W);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
+  auto [gw, gb] = param_grads(gx, hidden, bias_requires_grad);
   return {gx.to(dt), gw.to(dt), gb.to(dt)};
 }
 

@@ -12,7 +12,9 @@ class MaskedLinear(nn.Module):
 
     `mask` (out_features, in_features), bool or 0/1, is a buffer; the weight is never masked in
     place, so masked weights keep their values and get exactly-zero gradients. The mask's block
-    layout is computed once here (and again by set_mask) so the kernels skip its zero blocks."""
+    layout (so the kernels skip its zero blocks) follows the mask: it is rebuilt when the mask
+    buffer changes (set_mask, load_state_dict, an in-place edit, .to(device)), detected by the
+    buffer's version counter and storage, which costs no device sync per call."""
 
     def __init__(self, in_features, out_features, mask, bias=True, dtype=None, device=None):
         super().__init__()
@@ -44,13 +46,35 @@ class MaskedLinear(nn.Module):
         if mask.shape != (self.out_features, self.in_features):
             raise ValueError(f"MaskedLinear: mask must have shape ({self.out_features}, "
                              f"{self.in_features}); got {tuple(mask.shape)}")
+        given = mask
         mask = check_mask("MaskedLinear", mask.to(self.weight.device), self.weight)
+        if layout is not None and not layout.covers(given):
+            raise ValueError("MaskedLinear: layout does not belong to this mask; build it with "
+                             "mask_layout(mask)")
         self.mask.copy_(mask)
+        if layout is not None:
+            layout._remember(self.mask)  # self.mask now holds `given`, which the layout covers
+        self._set_layout(mask_layout(self.mask) if layout is None else layout)
+
+    def _mask_key(self):
+        return (id(self.mask), self.mask._version, self.mask.data_ptr())
+
+    def _set_layout(self, layout):
         # plain attributes, not buffers: the layout is host-side metadata and stays on the CPU
-        self.layout = mask_layout(self.mask) if layout is None else layout
+        self._layout, self._layout_key = layout, self._mask_key()
+
+    @property
+    def layout(self):
+        """The MaskLayout of the current mask (rebuilt, a host read of the mask, when it changed)."""
+        if self._layout_key != self._mask_key():
+            self._set_layout(mask_layout(self.mask))
+        return self._layout
 
     def forward(self, x):
-        return masked_linear(x, self.weight, self.mask, self.bias, layout=self.layout)
+        # under torch.compile the dense layout (correct for any mask): a compiled graph cannot
+        # see the mask's version counter, so a layout of ours could go stale inside it
+        layout = None if torch.compiler.is_compiling() else self.layout
+        return masked_linear(x, self.weight, self.mask, self.bias, layout=layout)
 
     def extra_repr(self):
         density = self.mask.float().mean().item() if self.mask.numel() else 0.0

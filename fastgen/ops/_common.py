@@ -46,3 +46,28 @@ def register_siblings(stem, fake, fake_backward, setup_context, make_backward, c
             backward_op = getattr(torch.ops.fastgen, backward_name)
             torch.library.register_autograd(f"fastgen::{name}", make_backward(backward_op),
                                             setup_context=setup_context)
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Runs an op's backward op as a node whose own backward raises: the backward ops have no
+    derivative of their own, so without this a double backward would silently give zeros."""
+
+    @staticmethod
+    def forward(ctx, op, backward_op, *args):
+        ctx.op = op
+        return backward_op(*args)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(f"double backward is not supported by fastgen.{ctx.op} (its gradient was "
+                           "taken with create_graph=True and then differentiated); use "
+                           "fastgen.use_impl('reference') for it")
+
+
+def call_backward(op, backward_op, *args):
+    """backward_op(*args) inside an autograd backward. Under create_graph=True (grad mode on in
+    the backward) the result is wired so that differentiating it raises a clear error; a plain
+    backward calls the op directly and pays nothing."""
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _FirstOrderOnly.apply(op, backward_op, *args)
+    return backward_op(*args)

@@ -12,11 +12,13 @@ Implementations: "reference", "cpp"/"cuda" (fastgen::masked_conv2d behind the di
 import torch
 
 from fastgen import _impl
-from fastgen.ops._common import check_float, check_like, register_siblings
+from fastgen.ops._common import call_backward, check_float, check_like, register_siblings
 from fastgen.reference import masked_conv2d as _reference
 
 OP = "masked_conv2d"
-GPU_DEFAULT = "cuda"
+# On CUDA tensors "auto" runs cuDNN (F.conv2d) on the pre-masked weight (_vendor): tensor cores;
+# our direct convolution is SIMT. "cuda" / "triton" stay selectable by name.
+GPU_DEFAULT = "vendor"
 
 
 # --- Triton sibling ops -------------------------------------------------------------------
@@ -67,8 +69,8 @@ def _make_backward(backward_op):
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
-        gx, gw, gb = backward_op(grad_y, x, weight, ctx.mask_type, ctx.data_channels, need[0],
-                                 need[1], bool(ctx.has_bias and need[2]))
+        gx, gw, gb = call_backward(OP, backward_op, grad_y, x, weight, ctx.mask_type, ctx.data_channels,
+                                   need[0], need[1], bool(ctx.has_bias and need[2]))
         return (gx if need[0] else None, gw if need[1] else None,
                 gb if (ctx.has_bias and need[2]) else None, None, None)
 
@@ -104,16 +106,35 @@ def check_args(x, weight, bias, mask_type, data_channels):
                          f"{min(cin, cout)}]; got {data_channels!r}")
 
 
+def _vendor(x, weight, bias, mask_type, data_channels):
+    """F.conv2d on where(mask, W, 0): a select, so masked taps contribute exactly 0 (even inf/NaN
+    weights) and get exactly-zero gradients; the output in F.conv2d's memory format."""
+    cout, cin, kh, kw = weight.shape
+    mask = _reference.build_mask(cout, cin, kh, kw, mask_type, data_channels, torch.bool, weight.device)
+    masked = torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+    return torch.nn.functional.conv2d(x, masked, bias, padding=(kh // 2, kw // 2))
+
+
 def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1):
     """PixelCNN masked convolution, same-size output.
 
     x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw) with kh, kw odd, bias: (Cout,) or None
-    -> (N, Cout, H, W). mask_type "A" excludes the centre tap (between equal colour groups),
+    -> (N, Cout, H, W), in x's memory format as F.conv2d (channels-last for channels-last x, else
+    contiguous). mask_type "A" excludes the centre tap (between equal colour groups),
     "B" includes it; data_channels: number of colour groups (R -> G -> B) the channels split into."""
     check_args(x, weight, bias, mask_type, data_channels)
     impl = _impl.select(OP, x.device, GPU_DEFAULT)
     if impl == "reference":
-        return _reference.masked_conv2d(x, weight, bias, mask_type, data_channels)
-    if impl == "triton":
-        return torch.ops.fastgen.masked_conv2d_triton(x, weight, bias, mask_type, data_channels)
-    return torch.ops.fastgen.masked_conv2d(x, weight, bias, mask_type, data_channels)
+        y = _reference.masked_conv2d(x, weight, bias, mask_type, data_channels)
+    elif impl == "vendor":
+        y = _vendor(x, weight, bias, mask_type, data_channels)
+    elif impl == "triton":
+        y = torch.ops.fastgen.masked_conv2d_triton(x, weight, bias, mask_type, data_channels)
+    else:
+        y = torch.ops.fastgen.masked_conv2d(x, weight, bias, mask_type, data_channels)
+    # The kernels return channels-last; every impl hands back the layout F.conv2d gives: channels-
+    # last for a channels-last x (a stack of layers fed channels-last passes on without copies),
+    # else contiguous NCHW (one copy of the output)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return y.contiguous(memory_format=torch.channels_last)
+    return y.contiguous()

@@ -16,16 +16,19 @@ Implementations: "reference", "cpp"/"cuda" (fastgen::masked_linear) and "triton"
 (fastgen::masked_linear_triton), sharing one fake kernel and one autograd wiring.
 """
 import math
-from typing import NamedTuple
+import weakref
 
 import torch
 
 from fastgen import _impl
-from fastgen.ops._common import check_float, check_like, register_siblings
+from fastgen.ops._common import call_backward, check_float, check_like, register_siblings
 from fastgen.reference import masked_linear as _reference
 
 OP = "masked_linear"
-GPU_DEFAULT = "cuda"
+# On CUDA tensors "auto" runs cuBLAS on the pre-masked weight (the reference's matmul on
+# where(M, W, 0): tensor cores, masked weights get exact-zero gradients); the SIMT kernel of ours
+# is one to two orders of magnitude slower by estimate. "cuda" / "triton" by name.
+GPU_DEFAULT = "vendor"
 # Re-measured with the CPU kernel on oneDNN (about 10 us a GEMM call, ~230 GFLOP/s a core: one
 # call is worth ~4500 weight entries at batch 256): MADE layers at D=784, H=2048 ran within noise
 # of each other for tiles 32..256 and thresholds 2048..4096, so the values stay.
@@ -33,10 +36,76 @@ TILE = 128          # rows of the mask examined as one unit when building a layo
 GEMM_OVERHEAD = 4096  # weight entries one extra GEMM call is worth (merging threshold)
 
 
-class MaskLayout(NamedTuple):
-    """The block structure of a mask (see module docstring); build it with mask_layout."""
-    row_blocks: torch.Tensor
-    col_blocks: torch.Tensor
+class MaskLayout:
+    """The block structure of a mask (see module docstring); build it with mask_layout.
+
+    row_blocks, col_blocks: int64 CPU tensors (G, 4). A layout is correct for a mask when its
+    blocks cover every non-zero of it (dense_layout covers any mask); masked_linear refuses one
+    that does not. The check reads the mask on the host, so a layout remembers the masks it was
+    checked against (the tensor, its version counter and storage; up to a few), and a call with
+    one of them unchanged costs no check and no device sync: the hot path of a module whose mask
+    stays put. A mask edited in place or reloaded bumps its version and is checked again."""
+
+    __slots__ = ("row_blocks", "col_blocks", "_known")
+    _KNOWN_MAX = 8
+
+    def __init__(self, row_blocks, col_blocks):
+        self.row_blocks, self.col_blocks = row_blocks, col_blocks
+        self._known = []  # (weakref to a mask tensor, its _version, its data_ptr) checked to be covered
+
+    def __getstate__(self):  # (pickle, deepcopy) the checked masks are not carried over
+        return (self.row_blocks, self.col_blocks)
+
+    def __setstate__(self, state):
+        self.row_blocks, self.col_blocks = state
+        self._known = []
+
+    def __iter__(self):  # row_blocks, col_blocks = layout
+        return iter((self.row_blocks, self.col_blocks))
+
+    def __repr__(self):
+        return f"MaskLayout(row_blocks={self.row_blocks.tolist()}, col_blocks={self.col_blocks.tolist()})"
+
+    def _key_known(self, mask):
+        version, ptr = mask._version, mask.data_ptr()
+        return any(ref() is mask and v == version and p == ptr for ref, v, p in self._known)
+
+    def _remember(self, mask):
+        self._known = [k for k in self._known if k[0]() is not None and k[0]() is not mask]
+        self._known.append((weakref.ref(mask), mask._version, mask.data_ptr()))
+        del self._known[:-self._KNOWN_MAX]
+
+    def covers(self, mask):
+        """Whether every non-zero of the (O, I) mask lies inside the blocks (a host read of the
+        mask, unless this mask, unchanged, was checked before)."""
+        if self._key_known(mask):
+            return True
+        ok = _blocks_cover(self.row_blocks, mask.detach() != 0) and \
+            _blocks_cover(self.col_blocks, (mask.detach() != 0).t())
+        if ok:
+            self._remember(mask)
+        return ok
+
+
+def _blocks_cover(blocks, m):
+    """Whether the groups [a0, a1, b0, b1] partition m's rows in order and hold all of m's
+    non-zeros in their spans [b0, b1)."""
+    rows, cols = m.shape
+    if blocks.dim() != 2 or blocks.shape[1] != 4 or blocks.dtype != torch.int64:
+        return False
+    b = blocks.cpu()
+    starts, ends = b[:, 0], b[:, 1]
+    if rows == 0:
+        return b.shape[0] == 0 or bool((ends == starts).all())
+    if b.shape[0] == 0 or starts[0] != 0 or ends[-1] != rows or bool((ends < starts).any()) or \
+            bool((starts[1:] != ends[:-1]).any()) or bool((b[:, 2:] < 0).any()) or bool((b[:, 3] > cols).any()):
+        return False
+    counts = (ends - starts).to(m.device)
+    lo = torch.repeat_interleave(b[:, 2].to(m.device), counts, output_size=rows)
+    hi = torch.repeat_interleave(b[:, 3].to(m.device), counts, output_size=rows)
+    j = torch.arange(cols, device=m.device)
+    outside = (j < lo[:, None]) | (j >= hi[:, None])
+    return not bool((m & outside).any())
 
 
 def _groups(mask, tile, overhead):
@@ -79,7 +148,10 @@ def mask_layout(mask, tile=TILE, overhead=GEMM_OVERHEAD):
     """The MaskLayout of a (O, I) 0/1 or bool mask. Reads the mask on the host: do it once per
     mask (fastgen.nn.MaskedLinear does), not per call."""
     m = mask.detach().bool()
-    return MaskLayout(_groups(m, tile, overhead), _groups(m.t(), tile, overhead))
+    layout = MaskLayout(_groups(m, tile, overhead), _groups(m.t(), tile, overhead))
+    if isinstance(mask, torch.Tensor):
+        layout._remember(mask)  # built from it: covers it by construction
+    return layout
 
 
 def dense_layout(out_features, in_features):
@@ -136,7 +208,8 @@ def _make_backward(backward_op):
         x, weight, mask, row_blocks, col_blocks = ctx.saved_tensors
         need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 ctx.has_bias and ctx.needs_input_grad[3]]
-        gx, gw, gb = backward_op(grad_y.contiguous(), x, weight, mask, row_blocks, col_blocks, need)
+        gx, gw, gb = call_backward(OP, backward_op, grad_y.contiguous(), x, weight, mask, row_blocks,
+                                   col_blocks, need)
         return (gx if need[0] else None, gw if need[1] else None, None,
                 gb if need[2] else None, None, None)
 
@@ -172,7 +245,9 @@ def masked_linear(x, weight, mask, bias=None, layout=None):
     y = x (W ⊙ M)^T + b. `mask` is bool or 0/1 (never applied in place; masked weights get an
     exactly-zero gradient and contribute 0 even if inf/NaN). `layout` (from mask_layout(mask))
     lets the kernels skip the mask's all-zero blocks; without it one is built here (a host
-    read of the mask; under torch.compile the dense layout is used instead)."""
+    read of the mask; under torch.compile the dense layout is used instead). A layout whose
+    blocks miss a non-zero of `mask` is refused (checked once per mask and mask version, see
+    MaskLayout; under torch.compile it is trusted)."""
     check_float(OP, "x", x, min_dim=1)
     check_float(OP, "weight", weight, min_dim=2)
     if weight.dim() != 2:
@@ -188,9 +263,18 @@ def masked_linear(x, weight, mask, bias=None, layout=None):
             raise ValueError(f"fastgen.{OP}: bias must have shape ({weight.shape[0]},); got "
                              f"{tuple(bias.shape)}")
     compiling = torch.compiler.is_compiling()
+    given_mask = mask
     mask = check_mask(OP, mask, weight, check_values=not compiling)
+    if layout is not None:
+        if not isinstance(layout, MaskLayout):
+            raise TypeError(f"fastgen.{OP}: layout must be a MaskLayout (from mask_layout(mask)); "
+                            f"got {type(layout).__name__}")
+        # (under torch.compile the layout is trusted: the check reads the mask on the host)
+        if not compiling and not layout.covers(given_mask):
+            raise ValueError(f"fastgen.{OP}: layout does not belong to this mask (the mask has "
+                             "non-zeros outside the layout's blocks); build it with mask_layout(mask)")
     impl = _impl.select(OP, x.device, GPU_DEFAULT)
-    if impl == "reference":
+    if impl == "reference" or impl == "vendor":
         return _reference.masked_linear(x, weight, mask, bias)
     if layout is None:
         layout = dense_layout(*weight.shape) if compiling else mask_layout(mask)

@@ -10,7 +10,7 @@ custom_op, wired with register_autograd.
 import torch
 
 from fastgen import _ext, _impl
-from fastgen.ops._common import FLOAT_DTYPES, check_float, check_like, register_siblings
+from fastgen.ops._common import call_backward, FLOAT_DTYPES, check_float, check_like, register_siblings
 from fastgen.reference import reparameterize as _reference
 
 OP = "reparameterize"
@@ -56,7 +56,7 @@ def _make_backward(backward_op):
         grad_z = torch.zeros_like(mu) if grad_z is None else grad_z
         grad_kl = mu.new_zeros(mu.shape[:-1]) if grad_kl is None else grad_kl
         eps_grad = ctx.needs_input_grad[2]
-        dmu, dlogvar, deps = backward_op(grad_z, grad_kl, mu, logvar, eps, eps_grad)
+        dmu, dlogvar, deps = call_backward(OP, backward_op, grad_z, grad_kl, mu, logvar, eps, eps_grad)
         return dmu, dlogvar, (deps if eps_grad else None)
 
     return backward

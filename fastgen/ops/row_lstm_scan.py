@@ -10,7 +10,7 @@ reverse scan) consumes them. They share one fake kernel and one autograd wiring.
 import torch
 
 from fastgen import _impl
-from fastgen.ops._common import check_float, check_like, register_siblings
+from fastgen.ops._common import call_backward, check_float, check_like, register_siblings
 from fastgen.reference import row_lstm_scan as _reference
 
 OP = "row_lstm_scan"
@@ -71,7 +71,7 @@ def _make_backward(backward_op):
         weight_ss, hidden, cell, gates = ctx.saved_tensors
         grad_hidden = torch.zeros_like(hidden) if grad_hidden is None else grad_hidden
         bias_grad = ctx.has_bias and ctx.needs_input_grad[2]
-        gx, gw, gb = backward_op(grad_hidden, weight_ss, hidden, cell, gates, bias_grad)
+        gx, gw, gb = call_backward(OP, backward_op, grad_hidden, weight_ss, hidden, cell, gates, bias_grad)
         return gx, gw, (gb if bias_grad else None)
 
     return backward

@@ -42,27 +42,27 @@ def _oracle_g_loss(fake_logits, kind):
 
 @pytest.mark.parametrize("g_kind, d_kind", [("minimax", "bce"), ("nonsaturating", "bce"),
                                             ("hinge", "hinge"), ("nonsaturating", "hinge")])
-def test_alternating_update_matches_oracle(impl, g_kind, d_kind):
+def test_alternating_update_matches_oracle(impl, device, g_kind, d_kind):
     torch.manual_seed(0)
-    m = DCGAN((1, 8, 8), latent_dim=5, width=4, g_kind=g_kind, d_kind=d_kind)
-    real = torch.rand(6, 1, 8, 8)
+    m = DCGAN((1, 8, 8), latent_dim=5, width=4, g_kind=g_kind, d_kind=d_kind).to(device)
+    real = torch.rand(6, 1, 8, 8).to(device)
     ref = copy.deepcopy(m)
     # SGD, not Adam: Adam turns float-rounding-level gradients (e.g. D's bias under an all-active
     # hinge, where the real and fake terms cancel) into full-size steps, so two exact
     # computations that round differently would diverge.
     opt_d = torch.optim.SGD(m.discriminator.parameters(), lr=0.1)
     opt_g = torch.optim.SGD(m.generator.parameters(), lr=0.1)
-    stats = m.train_step(real, opt_d, opt_g, generator=torch.Generator().manual_seed(3))
+    stats = m.train_step(real, opt_d, opt_g, generator=torch.Generator(device).manual_seed(3))
     # the oracle replays the same two steps with PyTorch's own losses
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator(device).manual_seed(3)
     ref_opt_d = torch.optim.SGD(ref.discriminator.parameters(), lr=0.1)
     ref_opt_g = torch.optim.SGD(ref.generator.parameters(), lr=0.1)
     with torch.no_grad():
-        fake = ref.generator(torch.randn(6, 5, generator=gen))
+        fake = ref.generator(torch.randn(6, 5, generator=gen, device=device))
     d_loss = _oracle_d_loss(ref.discriminator(real), ref.discriminator(fake), d_kind)
     d_loss.backward()
     ref_opt_d.step()
-    g_loss = _oracle_g_loss(ref.discriminator(ref.generator(torch.randn(6, 5, generator=gen))), g_kind)
+    g_loss = _oracle_g_loss(ref.discriminator(ref.generator(torch.randn(6, 5, generator=gen, device=device))), g_kind)
     ref_opt_g.zero_grad()
     g_loss.backward()
     ref_opt_g.step()
@@ -71,7 +71,7 @@ def test_alternating_update_matches_oracle(impl, g_kind, d_kind):
     for (name, p), q in zip(m.state_dict().items(), ref.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
     # both networks moved; D only in its own step (G's step touches only G's optimiser)
-    assert not torch.equal(m.discriminator.out.weight, DCGAN((1, 8, 8), 5, 4).discriminator.out.weight)
+    assert not torch.equal(m.discriminator.out.weight.cpu(), DCGAN((1, 8, 8), 5, 4).discriminator.out.weight)
 
 
 def test_defaults_and_bad_arguments():

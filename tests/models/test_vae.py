@@ -19,16 +19,17 @@ def _data(decoder, shape, n=5, levels=5, seed=0):
 
 @pytest.mark.parametrize("decoder", ["bernoulli", "categorical", "gaussian"])
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
-def test_elbo_terms_match_distributions_oracle(impl, decoder, arch):
+def test_elbo_terms_match_distributions_oracle(impl, device, decoder, arch):
     torch.manual_seed(0)
     shape = (2, 5, 3)  # odd sizes and two channels
-    m = VAE(shape, latent_dim=3, hidden=16, arch=arch, decoder=decoder, num_levels=5 if decoder == "categorical" else None)
-    x = _data(decoder, shape)
-    rec, kl = m.elbo_terms(x, generator=torch.Generator().manual_seed(7))
+    m = VAE(shape, latent_dim=3, hidden=16, arch=arch, decoder=decoder,
+            num_levels=5 if decoder == "categorical" else None).to(device)
+    x = _data(decoder, shape).to(device)
+    rec, kl = m.elbo_terms(x, generator=torch.Generator(device).manual_seed(7))
     # oracle: the same eps, then log p(x|z) and the KL from torch.distributions
     # the encoder sees levels scaled to [0, 1] (as every model scales its input)
     mu, logvar = m.head.proj(m.encoder(x / 4 if decoder == "categorical" else x)).chunk(2, -1)
-    eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(7))
+    eps = torch.randn(mu.shape, generator=torch.Generator(device).manual_seed(7), device=device)
     z = mu + torch.exp(0.5 * logvar) * eps
     out = m.decoder_net(z)
     xf = x.flatten(1)
@@ -42,7 +43,7 @@ def test_elbo_terms_match_distributions_oracle(impl, decoder, arch):
     ref_kl = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum(-1)
     torch.testing.assert_close(rec, ref_rec, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(kl, ref_kl, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(m.elbo(x, generator=torch.Generator().manual_seed(7)), rec - kl)
+    torch.testing.assert_close(m.elbo(x, generator=torch.Generator(device).manual_seed(7)), rec - kl)
 
 
 def _exact_log_px(m, x, grid=4001):
@@ -80,11 +81,11 @@ def test_iwae_approaches_exact_log_likelihood():
     assert (exact - elbo).mean() > 0.1  # the gap is wide, so the ordering checks above can fail
 
 
-def test_gradients_reach_every_parameter(impl):
+def test_gradients_reach_every_parameter(impl, device):
     torch.manual_seed(0)
     for decoder in ("bernoulli", "gaussian"):
-        m = VAE((1, 8, 8), latent_dim=4, hidden=16, arch="conv", decoder=decoder)
-        m.loss(_data(decoder, (1, 8, 8))).backward()
+        m = VAE((1, 8, 8), latent_dim=4, hidden=16, arch="conv", decoder=decoder).to(device)
+        m.loss(_data(decoder, (1, 8, 8)).to(device)).backward()
         for name, p in m.named_parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 

@@ -163,6 +163,35 @@ def test_empty_mean_is_nan_like_torch_mean(impl, device):
     assert math.isnan(discriminator_loss(empty, empty, "bce").item())
 
 
+# lengths that put a NaN in the vector body and in the scalar tail of the CPU kernel (vectors
+# of 4..16 elements) and in a partial Triton block; positions: first, middle, last
+@pytest.mark.parametrize("n", [3, 37])
+@pytest.mark.parametrize("kind", D_KINDS + tuple("g_" + k for k in G_KINDS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_nan_logit_anywhere_gives_nan_loss_like_reference(impl, device, kind, n, dtype):
+    for side in ("real", "fake"):
+        for pos in sorted({0, n // 2, n - 1}):
+            real = _logits((n,), dtype, device, seed=30, scale=0.3, requires_grad=True)
+            fake = _logits((n,), dtype, device, seed=31, scale=0.3, requires_grad=True)
+            with torch.no_grad():
+                (real if side == "real" else fake)[pos] = float("nan")
+            if kind.startswith("g_"):
+                if side == "real":
+                    continue
+                loss = generator_loss(fake, kind[2:])
+                ref = reference.generator_loss(fake, kind[2:])
+                inputs = (fake,)
+            else:
+                loss = discriminator_loss(real, fake, kind)
+                ref = reference.discriminator_loss(real, fake, kind)
+                inputs = (real, fake)
+            assert math.isnan(loss.item()), f"{kind}: NaN at {side}[{pos}] of {n} gave {loss.item()}"
+            assert math.isnan(ref.item())
+            if kind in ("hinge", "g_hinge"):  # softplus' gradient at NaN is NaN in both: no oracle
+                for a, r in zip(torch.autograd.grad(loss, inputs), torch.autograd.grad(ref, inputs)):
+                    torch.testing.assert_close(a, r, equal_nan=True)
+
+
 @pytest.mark.parametrize("kind", D_KINDS + tuple("g_" + k for k in G_KINDS))
 def test_bf16_error_at_most_twice_reference(impl, device, kind):
     real = _logits((37, 41), torch.bfloat16, device, seed=11, requires_grad=True)

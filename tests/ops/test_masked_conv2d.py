@@ -136,13 +136,27 @@ def test_masked_taps_are_skipped_not_multiplied(impl, device):
     torch.testing.assert_close(y.double(), oracle(big.double(), w.double(), None, "A", 1), rtol=1e-5, atol=0)
 
 
-def test_module_masks_and_zero_masked_grads(impl):
+def test_output_memory_format_is_conv2d_s(impl, device):
+    """NCHW in, NCHW (contiguous) out, as nn.Conv2d; channels-last in, channels-last out. The
+    module's output supports .view (it did not: issue 11, item 10)."""
+    x, w, b = _inputs((2, 3, 5, 4, 4, 3, 3, "A", 1), torch.float32, device)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1).to(device)
+    mconv = MaskedConv2d(3, 4, 3, "B").to(device)
+    for xin in (x, x.transpose(2, 3), x[:, :, ::2], x.contiguous(memory_format=torch.channels_last)):
+        want_cl = conv(xin).is_contiguous(memory_format=torch.channels_last) and not conv(xin).is_contiguous()
+        for y in (masked_conv2d(xin, w, b, "A", 1), mconv(xin)):
+            assert y.is_contiguous(memory_format=torch.channels_last if want_cl else torch.contiguous_format)
+        if not want_cl:
+            assert mconv(xin).view(xin.shape[0], -1).shape[1] == 4 * xin.shape[2] * xin.shape[3]
+
+
+def test_module_masks_and_zero_masked_grads(impl, device):
     torch.manual_seed(0)
     for mask_type in ("A", "B"):
         for groups, cin, cout in ((1, 2, 3), (3, 3, 6), (3, 6, 9)):
-            conv = MaskedConv2d(cin, cout, 5, mask_type, data_channels=groups)
-            assert torch.equal(conv.mask().double(), oracle_mask(cout, cin, 5, 5, mask_type, groups))
-            x = torch.randn(2, cin, 4, 6)
+            conv = MaskedConv2d(cin, cout, 5, mask_type, data_channels=groups).to(device)
+            assert torch.equal(conv.mask().double().cpu(), oracle_mask(cout, cin, 5, 5, mask_type, groups))
+            x = torch.randn(2, cin, 4, 6, device=device)
             y = conv(x)
             torch.testing.assert_close(y, oracle(x, conv.weight, conv.bias, mask_type, groups))
             y.square().sum().backward()

@@ -174,6 +174,51 @@ def test_layout_covers_mask_and_skips_zero_blocks():
     assert not (m.t() & ~covered_t).any()
 
 
+def test_layout_of_another_mask_is_refused_a_covering_one_accepted(impl, device):
+    x, w, m, b = _inputs((3, 40), 30, torch.float32, device)
+    other = staircase_mask(30, 40, seed=5).to(device)
+    assert (m & ~other).any()  # other's layout misses some of m's non-zeros
+    with pytest.raises(ValueError, match="layout does not belong to this mask"):
+        masked_linear(x, w, m, b, layout=mask_layout(other, tile=4, overhead=0))
+    with pytest.raises(TypeError, match="layout must be a MaskLayout"):
+        masked_linear(x, w, m, b, layout=tuple(mask_layout(m)))
+    ref = reference(x, w, m, b)
+    # a layout covering the mask is correct, whichever mask it came from: the dense one, or
+    # another mask's that holds this one (a copy of m, a superset)
+    from fastgen.ops.masked_linear import dense_layout
+    for lay in (dense_layout(30, 40), mask_layout(m.clone(), tile=4, overhead=0),
+                mask_layout(m | other, tile=4, overhead=0)):
+        torch.testing.assert_close(masked_linear(x, w, m, b, layout=lay), ref, **TOL[torch.float32])
+    # the layout follows in-place edits of its own mask: checked again when the version changes
+    lay = mask_layout(m, tile=4, overhead=0)
+    masked_linear(x, w, m, b, layout=lay)
+    m[0, -1] = True  # the first row group's span ended before the last column
+    with pytest.raises(ValueError, match="layout does not belong to this mask"):
+        masked_linear(x, w, m, b, layout=lay)
+
+
+def test_module_layout_follows_the_mask(impl, device):
+    """load_state_dict with another mask and in-place edits of the mask buffer: the module's
+    layout is rebuilt (it used the old one before: max error 2.0)."""
+    a, b_mask = staircase_mask(24, 20, seed=1), staircase_mask(24, 20, seed=2).flip(1)
+    ml = MaskedLinear(20, 24, a).to(device)
+    x = torch.randn(5, 20, device=device)
+    ml.load_state_dict({**ml.state_dict(), "mask": b_mask})
+    torch.testing.assert_close(ml(x), reference(x, ml.weight, ml.mask, ml.bias), **TOL[torch.float32])
+    with torch.no_grad():
+        ml.mask.fill_(True)
+    torch.testing.assert_close(ml(x), F.linear(x, ml.weight, ml.bias), **TOL[torch.float32])
+    with torch.no_grad():
+        ml.mask.copy_(a.to(device))
+    torch.testing.assert_close(ml(x), reference(x, ml.weight, ml.mask, ml.bias), **TOL[torch.float32])
+    work = sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in ml.layout.row_blocks.tolist())
+    assert work < ml.mask.numel()  # the rebuilt layout skips blocks again (not just dense)
+    with pytest.raises(ValueError, match="layout does not belong"):
+        ml.set_mask(b_mask, layout=mask_layout(a))
+    ml.set_mask(b_mask, layout=mask_layout(b_mask))
+    torch.testing.assert_close(ml(x), reference(x, ml.weight, ml.mask, ml.bias), **TOL[torch.float32])
+
+
 def test_bad_input_raises_naming_the_argument(impl, device):
     x, w, m, b = _inputs((3, 5), 4, torch.float32, device)
     with pytest.raises(ValueError, match="mask has shape"):

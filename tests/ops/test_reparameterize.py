@@ -174,11 +174,11 @@ def test_compiled_op_rejects_bad_input_directly():
         torch.ops.fastgen.reparameterize(mu, mu, mu.long())
 
 
-def test_gaussian_head_module(impl):
+def test_gaussian_head_module(impl, device):
     torch.manual_seed(0)
-    head = GaussianHead(12, 5)
-    h = torch.randn(8, 12, requires_grad=True)
-    z, kl, mu, logvar = head(h, generator=torch.Generator().manual_seed(1))
+    head = GaussianHead(12, 5).to(device)
+    h = torch.randn(8, 12, device=device, requires_grad=True)
+    z, kl, mu, logvar = head(h, generator=torch.Generator(device).manual_seed(1))
     assert z.shape == (8, 5) and kl.shape == (8,)
     (z.sum() + kl.sum()).backward()
     assert head.proj.weight.grad is not None and torch.isfinite(head.proj.weight.grad).all()

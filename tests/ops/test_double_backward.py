@@ -1,0 +1,74 @@
+"""Double backward through the fastgen ops: the compiled and Triton implementations have no
+derivative of their backward ops, so differentiating a gradient taken with create_graph=True must
+raise a clear error naming the op (never silent zeros); the gradient itself, with
+create_graph=True, still works and equals the plain one. The reference supports double backward
+(gradgradcheck passes), which is what the error message points to.
+
+(The GAN losses raise already when the gradient is taken with create_graph=True: see
+test_gan_loss.py.)"""
+import pytest
+import torch
+
+from fastgen.ops import masked_conv2d, masked_linear, reparameterize, row_lstm_scan
+
+
+def _rand(*shape, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+
+
+def _cases(device):
+    """op name -> (function of the differentiable inputs, inputs)."""
+    mask = torch.tensor([[1, 0, 0, 1], [1, 1, 0, 0], [0, 1, 1, 1]], dtype=torch.bool, device=device)
+    return {
+        "reparameterize": (lambda mu, lv: sum(t.sum() * (i + 1) for i, t in enumerate(reparameterize(mu, lv, eps))),
+                           (_rand(3, 4, device=device, seed=0), _rand(3, 4, device=device, seed=1))),
+        "masked_linear": (lambda x, w, b: masked_linear(x, w, mask, b).square().sum(),
+                          (_rand(2, 4, device=device, seed=2), _rand(3, 4, device=device, seed=3),
+                           _rand(3, device=device, seed=4))),
+        "masked_conv2d": (lambda x, w, b: masked_conv2d(x, w, b, "B").square().sum(),
+                          (_rand(1, 2, 4, 3, device=device, seed=5), _rand(2, 2, 3, 3, device=device, seed=6),
+                           _rand(2, device=device, seed=7))),
+        "row_lstm_scan": (lambda g, w, b: row_lstm_scan(g, w, b).square().sum(),
+                          (_rand(1, 4, 2, 3, device=device, seed=8), _rand(4, 1, 3, device=device, seed=9),
+                           _rand(4, device=device, seed=10))),
+    }
+
+
+eps = None  # set per test (reparameterize's noise, not differentiated)
+
+OPS = ["reparameterize", "masked_linear", "masked_conv2d", "row_lstm_scan"]
+
+
+@pytest.fixture(autouse=True)
+def _noise(device):
+    global eps
+    eps = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(11)).to(device)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_double_backward_raises_clearly_or_is_exact(impl, device, op):
+    fn, inputs = _cases(device)[op]
+    if impl == "reference":
+        assert torch.autograd.gradgradcheck(fn, inputs)
+        return
+    grads = torch.autograd.grad(fn(*inputs), inputs, create_graph=True)
+    plain = torch.autograd.grad(fn(*inputs), inputs)
+    for a, b in zip(grads, plain):  # the first-order gradient is unaffected by create_graph
+        torch.testing.assert_close(a, b)
+    with pytest.raises(RuntimeError, match=f"double backward is not supported by fastgen.{op}"):
+        torch.autograd.grad(sum((g * g).sum() for g in grads), inputs)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_gradgradcheck_fails_loudly_not_silently(impl, device, op):
+    """gradgradcheck itself: an error, not a numerical mismatch hidden behind zeros. (Not for
+    triton under the interpreter: gradgradcheck's numerical part takes minutes there; the test
+    above shows its error.)"""
+    if impl == "reference":
+        pytest.skip("the reference supports double backward (tested above)")
+    if impl == "triton" and device == "cpu":
+        pytest.skip("minutes under the Triton interpreter")
+    fn, inputs = _cases(device)[op]
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.autograd.gradgradcheck(fn, inputs)
