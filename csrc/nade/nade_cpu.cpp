@@ -1,0 +1,342 @@
+// CPU kernels of nade: the tied-weight NADE layer in O(N D H) time and O(N H) extra memory.
+//
+// Math (nade.h): a_0 = c, a_{t+1} = a_t + W[:, t] v_t, h_t = sigmoid(a_t),
+// logits[n, t, l] = V[t, l] . h_t + b[t, l]. Nothing of size (N, D, H) is stored: threads split
+// the examples into one chunk each, and a chunk walks the steps t = 0..D-1 with its running
+// pre-activations a (nb, H) in float64 (L2-resident: 32 x 500 doubles = 128 KB). Per (example,
+// step) one vector pass over H computes h_t, the head's dot products and the next a.
+// The backward walks t = D-1..0 from a_{D-1} (saved by the forward, (N, H) float64), recovering
+// a_{t-1} = a_t - W[:, t-1] v_{t-1} by subtracting exactly what the forward added, and carries
+// R = sum_{t' > t} da_{t'} (float64 too); again one pass over H per (example, step) gives dh, da,
+// dv_t = W_t . R, and adds into the chunk's own dW (D, H) and dV (D, L, H); dc = R at the end.
+//
+// Where GEMMs fit: with L = 1 (the Bernoulli head) every per-step product is rank one (h_t . V_t,
+// g_t V_t, g_t h_t, v_t R, W_t . R): GEMMs of inner or outer dimension 1 run at the speed of the
+// fused pass at best, and the pass reads a, R, W_t and V_t once for all five. For wide heads
+// (L > kFusedHeads, a K-level categorical NADE) the head's products are real GEMMs per step and
+// chunk, logits_t (nb, L) = h (nb, H) V_t^T, dh (nb, H) = g_t V_t, dV_t += g_t^T h, run through
+// gemm_rowmajor (oneDNN's brgemm for float32, fastgen_gemm.h); the pass keeps the rest.
+// float32 and bfloat16 compute in float32 (bf16 converted on entry) with float64 running sums;
+// float64 in float64. The chunk partition depends only on N and the thread count, and per-chunk
+// gradient buffers are summed in chunk order: results are deterministic for a thread count.
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "fastgen_cpu.h"
+#include "fastgen_gemm.h"
+#include "nade/nade.h"
+#include "nade/nade_check.h"
+
+namespace fastgen {
+namespace {
+
+using at::Tensor;
+constexpr int64_t kFusedHeads = 4;  // heads up to this width run fused in the pass; wider ones on GEMMs
+
+template <typename T>
+inline at::vec::Vectorized<T> ld(const T* p, int64_t k) {
+  using V = at::vec::Vectorized<T>;
+  return k == V::size() ? V::loadu(p) : (k > 0 ? V::loadu(p, k) : V(T(0)));
+}
+
+template <typename T>
+inline void st(const at::vec::Vectorized<T>& x, T* p, int64_t k) {
+  if (k == at::vec::Vectorized<T>::size()) x.store(p); else if (k > 0) x.store(p, k);
+}
+
+// float64 running sums seen as vectors of the compute type C: one C vector = two double
+// vectors for float (converted in registers), the same vector for double.
+template <typename C>
+struct Acc;
+
+template <>
+struct Acc<double> {
+  using Vec = at::vec::Vectorized<double>;
+  static Vec load(const double* p, int64_t k) { return ld(p, k); }
+  static void add(double* p, const Vec& x, int64_t k) { st(ld(p, k) + x, p, k); }
+};
+
+template <>
+struct Acc<float> {
+  using Vec = at::vec::Vectorized<float>;
+  using Vd = at::vec::Vectorized<double>;
+  static constexpr int64_t kHalf = Vd::size();
+  static_assert(Vec::size() == 2 * Vd::size(), "a float vector holds two double vectors");
+
+  static Vec to_float(const Vd& lo, const Vd& hi) {
+#if defined(CPU_CAPABILITY_AVX512)
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo)), _mm512_cvtpd_ps(hi), 1);
+#elif defined(CPU_CAPABILITY_AVX2)
+    return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+#else
+    double d[2 * kHalf];
+    float f[2 * kHalf];
+    lo.store(d);
+    hi.store(d + kHalf);
+    for (int64_t i = 0; i < 2 * kHalf; ++i) f[i] = static_cast<float>(d[i]);
+    return Vec::loadu(f);
+#endif
+  }
+  static void to_double(const Vec& x, Vd& lo, Vd& hi) {
+#if defined(CPU_CAPABILITY_AVX512)
+    lo = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
+    hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1));
+#elif defined(CPU_CAPABILITY_AVX2)
+    lo = _mm256_cvtps_pd(_mm256_castps256_ps128(x));
+    hi = _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1));
+#else
+    float f[2 * kHalf];
+    double d[2 * kHalf];
+    x.store(f);
+    for (int64_t i = 0; i < 2 * kHalf; ++i) d[i] = f[i];
+    lo = Vd::loadu(d);
+    hi = Vd::loadu(d + kHalf);
+#endif
+  }
+  static Vec load(const double* p, int64_t k) {
+    const int64_t k1 = std::min(k, kHalf), k2 = k - k1;
+    return to_float(ld(p, k1), ld(p + kHalf, k2));
+  }
+  static void add(double* p, const Vec& x, int64_t k) {
+    const int64_t k1 = std::min(k, kHalf), k2 = k - k1;
+    Vd lo, hi;
+    to_double(x, lo, hi);
+    st(ld(p, k1) + lo, p, k1);
+    if (k2 > 0) st(ld(p + kHalf, k2) + hi, p + kHalf, k2);
+  }
+};
+
+template <typename C>
+struct Args {
+  int64_t N, D, H, L;
+  const C* v;   // (N, D)
+  const C* wt;  // (D, H): W transposed, row t = W[:, t]
+  const C* c;   // (H,)
+  const C* V;   // (D, L, H)
+  const C* VT;  // (D, H, L): the GEMM head's operand (wide heads only)
+  const C* b;   // (D, L)
+};
+
+template <typename C>
+inline C reduce_sum(const at::vec::Vectorized<C>& x) {
+  using Vec = at::vec::Vectorized<C>;
+  return at::vec::vec_reduce_all<C>([](Vec& p, Vec& q) { return p + q; }, x);
+}
+
+// Forward of examples [n0, n1): logits rows into out (N, D, L); the running sum lives in a_last's
+// rows (N, H), which end holding a_{D-1}. LF = L for fused heads, 0 for the GEMM head.
+template <typename C, int LF>
+void forward_chunk(const Args<C>& A, int64_t n0, int64_t n1, C* out, double* a_last) {
+  using Vec = at::vec::Vectorized<C>;
+  constexpr int64_t VS = Vec::size();
+  const int64_t D = A.D, H = A.H, L = A.L, nb = n1 - n0;
+  double* a = a_last + n0 * H;
+  for (int64_t n = 0; n < nb; ++n)
+    for (int64_t j = 0; j < H; ++j) a[n * H + j] = static_cast<double>(A.c[j]);
+  Tensor hbuf_t;
+  C* hbuf = nullptr;
+  if constexpr (LF == 0) {
+    hbuf_t = at::empty({nb * H}, at::TensorOptions().dtype(c10::CppTypeToScalarType<C>::value));
+    hbuf = hbuf_t.data_ptr<C>();
+  }
+  for (int64_t t = 0; t < D; ++t) {
+    const C* w_t = A.wt + t * H;
+    const C* V_t = A.V + t * L * H;
+    const bool next = t + 1 < D;
+    for (int64_t n = 0; n < nb; ++n) {
+      double* an = a + n * H;
+      const Vec vn(A.v[(n0 + n) * D + t]);
+      Vec acc[LF > 0 ? LF : 1];
+      for (auto& x : acc) x = Vec(C(0));
+      for (int64_t j = 0; j < H; j += VS) {
+        const int64_t k = std::min(VS, H - j);  // a partial vector: zero lanes add nothing
+        const Vec h = nade_sigmoid(Acc<C>::load(an + j, k));
+        if constexpr (LF > 0) {
+          for (int l = 0; l < LF; ++l) acc[l] = at::vec::fmadd(h, ld(V_t + l * H + j, k), acc[l]);
+        } else {
+          st(h, hbuf + n * H + j, k);
+        }
+        if (next) Acc<C>::add(an + j, vn * ld(w_t + j, k), k);  // rounded to C, then summed in double
+      }
+      if constexpr (LF > 0) {
+        C* o = out + ((n0 + n) * D + t) * L;
+        for (int l = 0; l < LF; ++l) o[l] = reduce_sum(acc[l]) + A.b[t * L + l];
+      }
+    }
+    if constexpr (LF == 0) {
+      C* o = out + (n0 * D + t) * L;
+      gemm_rowmajor(nb, L, H, hbuf, H, A.VT + t * H * L, L, o, D * L, /*accumulate=*/false);
+      for (int64_t n = 0; n < nb; ++n)
+        for (int64_t l = 0; l < L; ++l) o[n * D * L + l] += A.b[t * L + l];
+    }
+  }
+}
+
+// Backward of examples [n0, n1): grad_v rows into gv (N, D); this chunk's dW^T (D, H), dV
+// (D, L, H) and dc (H,, float64) are added into its own buffers dwt, dV, dc.
+template <typename C, int LF>
+void backward_chunk(const Args<C>& A, const C* g, const double* a_last, int64_t n0, int64_t n1, C* gv, C* dwt,
+                    C* dV, double* dc) {
+  using Vec = at::vec::Vectorized<C>;
+  constexpr int64_t VS = Vec::size();
+  const int64_t D = A.D, H = A.H, L = A.L, nb = n1 - n0;
+  const auto copts = at::TensorOptions().dtype(c10::CppTypeToScalarType<C>::value);
+  Tensor state_t = at::empty({2 * nb * H}, at::TensorOptions().dtype(at::kDouble));
+  double *a = state_t.data_ptr<double>(), *R = a + nb * H;
+  std::copy(a_last + n0 * H, a_last + n1 * H, a);
+  std::fill(R, R + nb * H, 0.0);
+  Tensor work_t;
+  C *hbuf = nullptr, *dhbuf = nullptr, *gT = nullptr;
+  if constexpr (LF == 0) {
+    work_t = at::empty({2 * nb * H + L * nb}, copts);
+    hbuf = work_t.data_ptr<C>();
+    dhbuf = hbuf + nb * H;
+    gT = dhbuf + nb * H;
+  }
+  for (int64_t t = D - 1; t >= 0; --t) {
+    const C* w_t = A.wt + t * H;
+    const C* w_p = A.wt + (t > 0 ? t - 1 : 0) * H;
+    const C* V_t = A.V + t * L * H;
+    C* dV_t = dV + t * L * H;
+    C* dw_t = dwt + t * H;
+    const C* g_t = g + (n0 * D + t) * L;  // row n at n * D * L
+    if constexpr (LF == 0) gemm_rowmajor(nb, H, L, g_t, D * L, V_t, H, dhbuf, H, /*accumulate=*/false);
+    for (int64_t n = 0; n < nb; ++n) {
+      double *an = a + n * H, *Rn = R + n * H;
+      const C* gn = g_t + n * D * L;
+      Vec gl[LF > 0 ? LF : 1];
+      for (int l = 0; l < LF; ++l) gl[l] = Vec(gn[l]);
+      const C* vrow = A.v + (n0 + n) * D;
+      const Vec vt(vrow[t]);
+      const Vec vp(t > 0 ? -vrow[t - 1] : C(0));  // (-v) W = -(v W) exactly: the forward's term undone
+      Vec dv_acc(C(0));
+      for (int64_t j = 0; j < H; j += VS) {
+        const int64_t k = std::min(VS, H - j);
+        const Vec h = nade_sigmoid(Acc<C>::load(an + j, k));
+        Vec dh;
+        if constexpr (LF > 0) {
+          dh = gl[0] * ld(V_t + j, k);
+          for (int l = 1; l < LF; ++l) dh = at::vec::fmadd(gl[l], ld(V_t + l * H + j, k), dh);
+          for (int l = 0; l < LF; ++l) st(at::vec::fmadd(gl[l], h, ld(dV_t + l * H + j, k)), dV_t + l * H + j, k);
+        } else {
+          dh = ld(dhbuf + n * H + j, k);
+          st(h, hbuf + n * H + j, k);
+        }
+        const Vec r = Acc<C>::load(Rn + j, k);  // sum of da over the later steps
+        dv_acc = at::vec::fmadd(ld(w_t + j, k), r, dv_acc);
+        st(at::vec::fmadd(vt, r, ld(dw_t + j, k)), dw_t + j, k);
+        Acc<C>::add(Rn + j, nade_preact_grad(dh, h), k);
+        if (t > 0) Acc<C>::add(an + j, vp * ld(w_p + j, k), k);
+      }
+      gv[(n0 + n) * D + t] = reduce_sum(dv_acc);
+    }
+    if constexpr (LF == 0) {  // dV_t += g_t^T h
+      for (int64_t n = 0; n < nb; ++n)
+        for (int64_t l = 0; l < L; ++l) gT[l * nb + n] = g_t[n * D * L + l];
+      gemm_rowmajor(L, H, nb, gT, nb, hbuf, H, dV_t, H, /*accumulate=*/true);
+    }
+  }
+  for (int64_t n = 0; n < nb; ++n)
+    for (int64_t j = 0; j < H; ++j) dc[j] += R[n * H + j];
+}
+
+// One chunk of examples per thread (and never more chunks than examples).
+inline int64_t num_chunks(int64_t N) {
+  return std::max<int64_t>(1, std::min<int64_t>(N, at::get_num_threads()));
+}
+
+template <typename F>
+void for_each_chunk(int64_t N, int64_t chunks, const F& f) {
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t ch = c0; ch < c1; ++ch) f(ch * N / chunks, (ch + 1) * N / chunks, ch);
+  });
+}
+
+// Calls f with std::integral_constant<int, LF>: L for fused heads, 0 for the GEMM head.
+template <typename F>
+void dispatch_head(int64_t L, const F& f) {
+  switch (L) {
+    case 1: return f(std::integral_constant<int, 1>());
+    case 2: return f(std::integral_constant<int, 2>());
+    case 3: return f(std::integral_constant<int, 3>());
+    case 4: return f(std::integral_constant<int, 4>());
+    default: return f(std::integral_constant<int, 0>());
+  }
+}
+static_assert(kFusedHeads == 4, "dispatch_head instantiates the fused heads 1..4");
+
+std::tuple<Tensor, Tensor> nade_cpu(const Tensor& v_in, const Tensor& W_in, const Tensor& c_in, const Tensor& V_in,
+                                    const Tensor& b_in) {
+  const auto s = check_nade(v_in, W_in, c_in, V_in, b_in);
+  const auto dt = v_in.scalar_type(), ct = nade_compute_type(dt);
+  auto out = at::empty({s.N, s.D, s.L}, v_in.options().dtype(ct));
+  auto a_last = at::empty({s.N, s.H}, v_in.options().dtype(at::kDouble));
+  if (s.N == 0) return {out.to(dt), a_last};
+  if (s.L == 0 || s.D == 0) {  // no logits to compute: a_{D-1} alone (the backward's start)
+    const int64_t m = std::max<int64_t>(s.D - 1, 0);
+    auto vd = v_in.narrow(1, 0, m).to(ct).to(at::kDouble), wd = W_in.narrow(1, 0, m).to(ct).to(at::kDouble);
+    a_last.copy_(c_in.to(ct).to(at::kDouble).expand({s.N, s.H}) + at::mm(vd, wd.t()));
+    return {out.to(dt), a_last};
+  }
+  auto v = v_in.to(ct).contiguous(), wt = W_in.to(ct).t().contiguous(), c = c_in.to(ct).contiguous();
+  auto V = V_in.to(ct).contiguous(), b = b_in.to(ct).contiguous();
+  auto VT = s.L > kFusedHeads ? V.transpose(1, 2).contiguous() : Tensor();
+  const int64_t chunks = num_chunks(s.N);
+  AT_DISPATCH_FLOATING_TYPES(ct, "nade_cpu", [&] {
+    const Args<scalar_t> A{s.N, s.D, s.H, s.L, v.const_data_ptr<scalar_t>(), wt.const_data_ptr<scalar_t>(),
+                           c.const_data_ptr<scalar_t>(), V.const_data_ptr<scalar_t>(),
+                           VT.defined() ? VT.const_data_ptr<scalar_t>() : nullptr, b.const_data_ptr<scalar_t>()};
+    dispatch_head(s.L, [&](auto lf) {
+      for_each_chunk(s.N, chunks, [&](int64_t n0, int64_t n1, int64_t) {
+        forward_chunk<scalar_t, decltype(lf)::value>(A, n0, n1, out.data_ptr<scalar_t>(), a_last.data_ptr<double>());
+      });
+    });
+  });
+  return {out.to(dt), a_last};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> nade_backward_cpu(const Tensor& g_in, const Tensor& v_in,
+                                                                     const Tensor& W_in, const Tensor& V_in,
+                                                                     const Tensor& a_last_in) {
+  const auto s = check_nade_backward(g_in, v_in, W_in, V_in, a_last_in);
+  const auto dt = v_in.scalar_type(), ct = nade_compute_type(dt);
+  const auto copts = v_in.options().dtype(ct);
+  auto g = g_in.to(ct).contiguous();
+  auto gb = g.sum(0);
+  if (s.N == 0 || s.D == 0 || s.L == 0) {  // no logits: every gradient is zero
+    return {at::zeros({s.N, s.D}, v_in.options()), at::zeros({s.H, s.D}, v_in.options()),
+            at::zeros({s.H}, v_in.options()), at::zeros({s.D, s.L, s.H}, v_in.options()), gb.to(dt)};
+  }
+  auto v = v_in.to(ct).contiguous(), wt = W_in.to(ct).t().contiguous(), V = V_in.to(ct).contiguous();
+  auto a_last = a_last_in.contiguous();
+  const int64_t chunks = num_chunks(s.N);
+  auto gv = at::empty({s.N, s.D}, copts);
+  auto dwt = at::zeros({chunks, s.D, s.H}, copts), dV = at::zeros({chunks, s.D, s.L, s.H}, copts);
+  auto dc = at::zeros({chunks, s.H}, copts.dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(ct, "nade_backward_cpu", [&] {
+    const Args<scalar_t> A{s.N, s.D, s.H, s.L, v.const_data_ptr<scalar_t>(), wt.const_data_ptr<scalar_t>(),
+                           nullptr, V.const_data_ptr<scalar_t>(), nullptr, nullptr};
+    dispatch_head(s.L, [&](auto lf) {
+      for_each_chunk(s.N, chunks, [&](int64_t n0, int64_t n1, int64_t ch) {
+        backward_chunk<scalar_t, decltype(lf)::value>(
+            A, g.const_data_ptr<scalar_t>(), a_last.const_data_ptr<double>(), n0, n1, gv.data_ptr<scalar_t>(),
+            dwt.data_ptr<scalar_t>() + ch * s.D * s.H, dV.data_ptr<scalar_t>() + ch * s.D * s.L * s.H,
+            dc.data_ptr<double>() + ch * s.H);
+      });
+    });
+  });
+  auto gW = (chunks == 1 ? dwt[0] : dwt.sum(0)).t().contiguous();
+  auto gV = chunks == 1 ? dV[0] : dV.sum(0);
+  auto gc = dc.sum(0).to(ct);
+  return {gv.to(dt), gW.to(dt), gc.to(dt), gV.to(dt), gb.to(dt)};
+}
+
+}  // namespace
+}  // namespace fastgen
+
+TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
+  m.impl("nade", &fastgen::nade_cpu);
+  m.impl("nade_backward", &fastgen::nade_backward_cpu);
+}
