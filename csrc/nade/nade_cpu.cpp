@@ -147,7 +147,9 @@ void forward_chunk(const Args<C>& A, int64_t n0, int64_t n1, C* out, double* a_l
     const bool next = t + 1 < D;
     for (int64_t n = 0; n < nb; ++n) {
       double* an = a + n * H;
-      const Vec vn(A.v[(n0 + n) * D + t]);
+      const C vs = A.v[(n0 + n) * D + t];
+      const bool add = next && vs != C(0);  // binary data: most steps add nothing to a
+      const Vec vn(vs);
       Vec acc[LF > 0 ? LF : 1];
       for (auto& x : acc) x = Vec(C(0));
       for (int64_t j = 0; j < H; j += VS) {
@@ -158,7 +160,7 @@ void forward_chunk(const Args<C>& A, int64_t n0, int64_t n1, C* out, double* a_l
         } else {
           st(h, hbuf + n * H + j, k);
         }
-        if (next) Acc<C>::add(an + j, vn * ld(w_t + j, k), k);  // rounded to C, then summed in double
+        if (add) Acc<C>::add(an + j, vn * ld(w_t + j, k), k);  // rounded to C, then summed in double
       }
       if constexpr (LF > 0) {
         C* o = out + ((n0 + n) * D + t) * L;
@@ -210,7 +212,9 @@ void backward_chunk(const Args<C>& A, const C* g, const double* a_last, int64_t 
       for (int l = 0; l < LF; ++l) gl[l] = Vec(gn[l]);
       const C* vrow = A.v + (n0 + n) * D;
       const Vec vt(vrow[t]);
-      const Vec vp(t > 0 ? -vrow[t - 1] : C(0));  // (-v) W = -(v W) exactly: the forward's term undone
+      const C vps = t > 0 ? -vrow[t - 1] : C(0);  // (-v) W = -(v W) exactly: the forward's term undone
+      const Vec vp(vps);
+      const bool has_v = vrow[t] != C(0), undo = vps != C(0);  // zero inputs (binary data) skip their terms
       Vec dv_acc(C(0));
       for (int64_t j = 0; j < H; j += VS) {
         const int64_t k = std::min(VS, H - j);
@@ -226,9 +230,9 @@ void backward_chunk(const Args<C>& A, const C* g, const double* a_last, int64_t 
         }
         const Vec r = Acc<C>::load(Rn + j, k);  // sum of da over the later steps
         dv_acc = at::vec::fmadd(ld(w_t + j, k), r, dv_acc);
-        st(at::vec::fmadd(vt, r, ld(dw_t + j, k)), dw_t + j, k);
+        if (has_v) st(at::vec::fmadd(vt, r, ld(dw_t + j, k)), dw_t + j, k);
         Acc<C>::add(Rn + j, nade_preact_grad(dh, h), k);
-        if (t > 0) Acc<C>::add(an + j, vp * ld(w_p + j, k), k);
+        if (undo) Acc<C>::add(an + j, vp * ld(w_p + j, k), k);
       }
       gv[(n0 + n) * D + t] = reduce_sum(dv_acc);
     }
