@@ -102,7 +102,8 @@ def nade_forward(v, W, c, V, b):
     H, L = W.shape[0], V.shape[1]
     acc, vc, wt, Vc = _prepare(v, W, V)
     out = torch.empty(N, D, L, dtype=acc, device=v.device)
-    a_last = c.to(acc).double().expand(N, H).contiguous()
+    a_last = torch.empty(N, H, dtype=torch.float64, device=v.device)  # never a view of c (custom_op outputs alias nothing)
+    a_last.copy_(c.to(acc).double().expand(N, H))
     if N == 0 or D == 0 or H == 0:
         if N and D and L:
             out.copy_(b.to(acc).expand(N, D, L))  # sigmoid of nothing: the logits are the biases
