@@ -35,15 +35,31 @@ namespace {
 using at::Tensor;
 constexpr int64_t kFusedHeads = 4;  // heads up to this width run fused in the pass; wider ones on GEMMs
 
-template <typename T>
-inline at::vec::Vectorized<T> ld(const T* p, int64_t k) {
-  using V = at::vec::Vectorized<T>;
-  return k == V::size() ? V::loadu(p) : (k > 0 ? V::loadu(p, k) : V(T(0)));
-}
+// Vector I/O over a row of H: whole vectors in the body (Full, no count to test), a partial
+// one (count k, zero-filled lanes) at the ragged end. The passes below are generic lambdas over
+// the count type, instantiated once for each.
+struct Full {};
 
 template <typename T>
+inline at::vec::Vectorized<T> ld(const T* p, Full) { return at::vec::Vectorized<T>::loadu(p); }
+template <typename T>
+inline at::vec::Vectorized<T> ld(const T* p, int64_t k) {
+  return k > 0 ? at::vec::Vectorized<T>::loadu(p, k) : at::vec::Vectorized<T>(T(0));
+}
+template <typename T>
+inline void st(const at::vec::Vectorized<T>& x, T* p, Full) { x.store(p); }
+template <typename T>
 inline void st(const at::vec::Vectorized<T>& x, T* p, int64_t k) {
-  if (k == at::vec::Vectorized<T>::size()) x.store(p); else if (k > 0) x.store(p, k);
+  if (k > 0) x.store(p, k);
+}
+
+// body(j, Full()) over the whole vectors of [0, n), then body(j, k) once for the k left over.
+template <typename T, typename F>
+inline void for_vectors(int64_t n, const F& body) {
+  constexpr int64_t VS = at::vec::Vectorized<T>::size();
+  int64_t j = 0;
+  for (; j + VS <= n; j += VS) body(j, Full());
+  if (j < n) body(j, n - j);
 }
 
 // float64 running sums seen as vectors of the compute type C: one C vector = two double
@@ -54,8 +70,10 @@ struct Acc;
 template <>
 struct Acc<double> {
   using Vec = at::vec::Vectorized<double>;
-  static Vec load(const double* p, int64_t k) { return ld(p, k); }
-  static void add(double* p, const Vec& x, int64_t k) { st(ld(p, k) + x, p, k); }
+  template <typename K>
+  static Vec load(const double* p, K k) { return ld(p, k); }
+  template <typename K>
+  static void add(double* p, const Vec& x, K k) { st(ld(p, k) + x, p, k); }
 };
 
 template <>
@@ -95,18 +113,70 @@ struct Acc<float> {
     hi = Vd::loadu(d + kHalf);
 #endif
   }
+  static Vec load(const double* p, Full) { return to_float(Vd::loadu(p), Vd::loadu(p + kHalf)); }
   static Vec load(const double* p, int64_t k) {
     const int64_t k1 = std::min(k, kHalf), k2 = k - k1;
     return to_float(ld(p, k1), ld(p + kHalf, k2));
+  }
+  static void add(double* p, const Vec& x, Full) {
+    Vd lo, hi;
+    to_double(x, lo, hi);
+    (Vd::loadu(p) + lo).store(p);
+    (Vd::loadu(p + kHalf) + hi).store(p + kHalf);
   }
   static void add(double* p, const Vec& x, int64_t k) {
     const int64_t k1 = std::min(k, kHalf), k2 = k - k1;
     Vd lo, hi;
     to_double(x, lo, hi);
     st(ld(p, k1) + lo, p, k1);
-    if (k2 > 0) st(ld(p + kHalf, k2) + hi, p + kHalf, k2);
+    st(ld(p + kHalf, k2) + hi, p + kHalf, k2);
   }
 };
+
+// sigmoid for the CPU passes: nade.h's (the CUDA kernel's math) except for float32 vectors in
+// AVX2/AVX-512 builds, where it is 1 / (1 + e^-x) with e^t for t clamped to [-87, 88] (a normal
+// float, so no sign split is needed: x < -87.3 gives 0 or a denormal, x > 87 gives 1), e^t by
+// Cody-Waite reduction t = n ln2 + r (n by the 1.5 * 2^23 rounding trick, whose bits also give
+// 2^n) and Cephes' degree-5 polynomial for e^r (about 1 ulp), and the division by rcp and one
+// Newton step. NaN stays NaN (the clamps pass it through as their second operand). About 20
+// vector instructions where the generic form takes 35: the sigmoid is most of each pass.
+template <typename V>
+inline V sigmoid_cpu(const V& x) { return nade_sigmoid(x); }
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+inline at::vec::Vectorized<float> sigmoid_cpu(const at::vec::Vectorized<float>& x) {
+  using Vf = at::vec::Vectorized<float>;
+  using Vi = at::vec::Vectorized<int32_t>;
+#if defined(CPU_CAPABILITY_AVX512)
+  const Vf t = _mm512_min_ps(Vf(88.f), _mm512_max_ps(Vf(-87.f), Vf(0.f) - x));  // -x; NaN passes
+#else
+  const Vf t = _mm256_min_ps(Vf(88.f), _mm256_max_ps(Vf(-87.f), Vf(0.f) - x));
+#endif
+  const Vf magic(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer, held in the low bits
+  const Vf nm = at::vec::fmadd(t, Vf(1.44269504088896341f), magic);
+  const Vf n = nm - magic;
+  Vf r = at::vec::fmadd(n, Vf(-0.693145751953125f), t);  // ln2 split in two: n * hi is exact
+  r = at::vec::fmadd(n, Vf(-1.428606765330187e-06f), r);
+  Vf p(1.9875691500e-4f);
+  p = at::vec::fmadd(p, r, Vf(1.3981999507e-3f));
+  p = at::vec::fmadd(p, r, Vf(8.3334519073e-3f));
+  p = at::vec::fmadd(p, r, Vf(4.1665795894e-2f));
+  p = at::vec::fmadd(p, r, Vf(1.6666665459e-1f));
+  p = at::vec::fmadd(p, r, Vf(5.0000001201e-1f));
+  const Vf er = at::vec::fmadd(p, r * r, r) + Vf(1.f);
+  const Vi bits = at::vec::cast<int32_t>(nm);  // 0x4B400000 + n, -126 <= n <= 127
+  const Vf scale = at::vec::cast<float>((bits - Vi(0x4B400000 - 127)) << Vi(23));  // 2^n
+  const Vf d = at::vec::fmadd(er, scale, Vf(1.f));  // 1 + e^-x
+#if defined(CPU_CAPABILITY_AVX512)
+  Vf y = _mm512_rcp14_ps(d);  // 14 bits; one Newton step gives about 28
+  y = y * at::vec::fnmadd(d, y, Vf(2.f));
+#else
+  Vf y = _mm256_rcp_ps(d);  // 12 bits: two Newton steps
+  y = y * at::vec::fnmadd(d, y, Vf(2.f));
+  y = y * at::vec::fnmadd(d, y, Vf(2.f));
+#endif
+  return y;
+}
+#endif
 
 template <typename C>
 struct Args {
@@ -130,7 +200,6 @@ inline C reduce_sum(const at::vec::Vectorized<C>& x) {
 template <typename C, int LF>
 void forward_chunk(const Args<C>& A, int64_t n0, int64_t n1, C* out, double* a_last) {
   using Vec = at::vec::Vectorized<C>;
-  constexpr int64_t VS = Vec::size();
   const int64_t D = A.D, H = A.H, L = A.L, nb = n1 - n0;
   double* a = a_last + n0 * H;
   for (int64_t n = 0; n < nb; ++n)
@@ -152,16 +221,15 @@ void forward_chunk(const Args<C>& A, int64_t n0, int64_t n1, C* out, double* a_l
       const Vec vn(vs);
       Vec acc[LF > 0 ? LF : 1];
       for (auto& x : acc) x = Vec(C(0));
-      for (int64_t j = 0; j < H; j += VS) {
-        const int64_t k = std::min(VS, H - j);  // a partial vector: zero lanes add nothing
-        const Vec h = nade_sigmoid(Acc<C>::load(an + j, k));
+      for_vectors<C>(H, [&](int64_t j, auto k) {  // a partial vector's zero lanes add nothing
+        const Vec h = sigmoid_cpu(Acc<C>::load(an + j, k));
         if constexpr (LF > 0) {
           for (int l = 0; l < LF; ++l) acc[l] = at::vec::fmadd(h, ld(V_t + l * H + j, k), acc[l]);
         } else {
           st(h, hbuf + n * H + j, k);
         }
         if (add) Acc<C>::add(an + j, vn * ld(w_t + j, k), k);  // rounded to C, then summed in double
-      }
+      });
       if constexpr (LF > 0) {
         C* o = out + ((n0 + n) * D + t) * L;
         for (int l = 0; l < LF; ++l) o[l] = reduce_sum(acc[l]) + A.b[t * L + l];
@@ -177,12 +245,12 @@ void forward_chunk(const Args<C>& A, int64_t n0, int64_t n1, C* out, double* a_l
 }
 
 // Backward of examples [n0, n1): grad_v rows into gv (N, D); this chunk's dW^T (D, H), dV
-// (D, L, H) and dc (H,, float64) are added into its own buffers dwt, dV, dc.
+// (D, L, H) and dc (H,, float64) go to its own buffers dwt, dV (each row written, no need to
+// zero them first) and dc (added to).
 template <typename C, int LF>
 void backward_chunk(const Args<C>& A, const C* g, const double* a_last, int64_t n0, int64_t n1, C* gv, C* dwt,
                     C* dV, double* dc) {
   using Vec = at::vec::Vectorized<C>;
-  constexpr int64_t VS = Vec::size();
   const int64_t D = A.D, H = A.H, L = A.L, nb = n1 - n0;
   const auto copts = at::TensorOptions().dtype(c10::CppTypeToScalarType<C>::value);
   Tensor state_t = at::empty({2 * nb * H}, at::TensorOptions().dtype(at::kDouble));
@@ -204,6 +272,8 @@ void backward_chunk(const Args<C>& A, const C* g, const double* a_last, int64_t 
     C* dV_t = dV + t * L * H;
     C* dw_t = dwt + t * H;
     const C* g_t = g + (n0 * D + t) * L;  // row n at n * D * L
+    std::fill(dV_t, dV_t + L * H, C(0));  // this chunk's rows of step t, zeroed here while in cache
+    std::fill(dw_t, dw_t + H, C(0));
     if constexpr (LF == 0) gemm_rowmajor(nb, H, L, g_t, D * L, V_t, H, dhbuf, H, /*accumulate=*/false);
     for (int64_t n = 0; n < nb; ++n) {
       double *an = a + n * H, *Rn = R + n * H;
@@ -216,9 +286,8 @@ void backward_chunk(const Args<C>& A, const C* g, const double* a_last, int64_t 
       const Vec vp(vps);
       const bool has_v = vrow[t] != C(0), undo = vps != C(0);  // zero inputs (binary data) skip their terms
       Vec dv_acc(C(0));
-      for (int64_t j = 0; j < H; j += VS) {
-        const int64_t k = std::min(VS, H - j);
-        const Vec h = nade_sigmoid(Acc<C>::load(an + j, k));
+      for_vectors<C>(H, [&](int64_t j, auto k) {
+        const Vec h = sigmoid_cpu(Acc<C>::load(an + j, k));
         Vec dh;
         if constexpr (LF > 0) {
           dh = gl[0] * ld(V_t + j, k);
@@ -233,7 +302,7 @@ void backward_chunk(const Args<C>& A, const C* g, const double* a_last, int64_t 
         if (has_v) st(at::vec::fmadd(vt, r, ld(dw_t + j, k)), dw_t + j, k);
         Acc<C>::add(Rn + j, nade_preact_grad(dh, h), k);
         if (undo) Acc<C>::add(an + j, vp * ld(w_p + j, k), k);
-      }
+      });
       gv[(n0 + n) * D + t] = reduce_sum(dv_acc);
     }
     if constexpr (LF == 0) {  // dV_t += g_t^T h
@@ -244,6 +313,19 @@ void backward_chunk(const Args<C>& A, const C* g, const double* a_last, int64_t 
   }
   for (int64_t n = 0; n < nb; ++n)
     for (int64_t j = 0; j < H; ++j) dc[j] += R[n * H + j];
+}
+
+// W (H, D) -> W^T (D, H), contiguous, in the compute dtype: ATen's copy of a transposed view walks
+// one side with a large stride; the tiled transpose of fastgen_cpu.h is several times faster.
+Tensor transposed(const Tensor& m_in, at::ScalarType ct) {
+  auto m = m_in.to(ct).contiguous();
+  auto out = at::empty({m.size(1), m.size(0)}, m.options());
+  if (m.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(ct, "nade_transpose", [&] {
+    transpose_tiles<scalar_t, scalar_t>(m.const_data_ptr<scalar_t>(), m.size(1), out.data_ptr<scalar_t>(), m.size(0),
+                                        m.size(0), m.size(1));
+  });
+  return out;
 }
 
 // One chunk of examples per thread (and never more chunks than examples).
@@ -284,7 +366,7 @@ std::tuple<Tensor, Tensor> nade_cpu(const Tensor& v_in, const Tensor& W_in, cons
     a_last.copy_(c_in.to(ct).to(at::kDouble).expand({s.N, s.H}) + at::mm(vd, wd.t()));
     return {out.to(dt), a_last};
   }
-  auto v = v_in.to(ct).contiguous(), wt = W_in.to(ct).t().contiguous(), c = c_in.to(ct).contiguous();
+  auto v = v_in.to(ct).contiguous(), wt = transposed(W_in, ct), c = c_in.to(ct).contiguous();
   auto V = V_in.to(ct).contiguous(), b = b_in.to(ct).contiguous();
   auto VT = s.L > kFusedHeads ? V.transpose(1, 2).contiguous() : Tensor();
   const int64_t chunks = num_chunks(s.N);
@@ -313,11 +395,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> nade_backward_cpu(const Tenso
     return {at::zeros({s.N, s.D}, v_in.options()), at::zeros({s.H, s.D}, v_in.options()),
             at::zeros({s.H}, v_in.options()), at::zeros({s.D, s.L, s.H}, v_in.options()), gb.to(dt)};
   }
-  auto v = v_in.to(ct).contiguous(), wt = W_in.to(ct).t().contiguous(), V = V_in.to(ct).contiguous();
+  auto v = v_in.to(ct).contiguous(), wt = transposed(W_in, ct), V = V_in.to(ct).contiguous();
   auto a_last = a_last_in.contiguous();
   const int64_t chunks = num_chunks(s.N);
   auto gv = at::empty({s.N, s.D}, copts);
-  auto dwt = at::zeros({chunks, s.D, s.H}, copts), dV = at::zeros({chunks, s.D, s.L, s.H}, copts);
+  auto dwt = at::empty({chunks, s.D, s.H}, copts), dV = at::empty({chunks, s.D, s.L, s.H}, copts);
   auto dc = at::zeros({chunks, s.H}, copts.dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(ct, "nade_backward_cpu", [&] {
     const Args<scalar_t> A{s.N, s.D, s.H, s.L, v.const_data_ptr<scalar_t>(), wt.const_data_ptr<scalar_t>(),
@@ -331,8 +413,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> nade_backward_cpu(const Tenso
       });
     });
   });
-  auto gW = (chunks == 1 ? dwt[0] : dwt.sum(0)).t().contiguous();
-  auto gV = chunks == 1 ? dV[0] : dV.sum(0);
+  for (int64_t ch = 1; ch < chunks; ++ch) {  // the chunks' sums, in chunk order (deterministic)
+    dwt[0].add_(dwt[ch]);
+    dV[0].add_(dV[ch]);
+  }
+  auto gW = transposed(dwt[0], ct);
+  auto gV = dV[0];
   auto gc = dc.sum(0).to(ct);
   return {gv.to(dt), gW.to(dt), gc.to(dt), gV.to(dt), gb.to(dt)};
 }
