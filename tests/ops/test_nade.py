@@ -244,3 +244,25 @@ def test_module(impl, device):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
     with pytest.raises(ValueError, match="hidden_size must be a positive int"):
         fastgen.nn.NADELayer(5, 0)
+
+
+@pytest.mark.skipif(not _ext.AVAILABLE, reason="C++ extension not built")
+@pytest.mark.parametrize("L", [1, 5])
+def test_cpp_examples_split_over_threads(L):
+    """A problem big enough for one chunk of examples per thread (small ones run in one): the
+    per-chunk gradient buffers summed in chunk order, the same result on every call."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        args = make(9, 200, 600, L, levels=2, seed=5)  # 9 * 200 * 600 * (1 + L) >= 2 * 2^20
+        with torch.no_grad():
+            args[1].mul_(0.1)
+        gout = torch.randn(9, 200, L, dtype=torch.float64)
+        with fastgen.use_impl("cpp"):
+            ours = grads(nade, args, gout)
+            again = grads(nade, args, gout)
+        assert_all_close(ours, grads(reference, args, gout), torch.float64)
+        for a, b in zip(ours, again):
+            assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(previous)
