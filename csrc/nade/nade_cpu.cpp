@@ -16,13 +16,17 @@
 // (L > kFusedHeads, a K-level categorical NADE) the head's products are real GEMMs per step and
 // chunk, logits_t (nb, L) = h (nb, H) V_t^T, dh (nb, H) = g_t V_t, dV_t += g_t^T h, run through
 // gemm_rowmajor (oneDNN's brgemm for float32, fastgen_gemm.h); the pass keeps the rest.
+// Zero inputs (most pixels of binary images) skip their terms: a + 0 W, dW_t += 0 R.
+// The cost is the sigmoid, twice per (example, step, unit): nade_vec.h has a fast float32 one.
 // float32 and bfloat16 compute in float32 (bf16 converted on entry) with float64 running sums;
-// float64 in float64. The chunk partition depends only on N and the thread count, and per-chunk
-// gradient buffers are summed in chunk order: results are deterministic for a thread count.
+// float64 in float64. The chunk partition depends only on the sizes and the thread count, and
+// per-chunk gradient buffers are summed in chunk order: results are deterministic for a thread
+// count.
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "fastgen_cpu.h"
 #include "fastgen_gemm.h"
@@ -54,121 +58,195 @@ inline C reduce_sum(const at::vec::Vectorized<C>& x) {
   return at::vec::vec_reduce_all<C>([](Vec& p, Vec& q) { return p + q; }, x);
 }
 
+// Fused heads (L <= kFusedHeads) keep h = sigmoid(a) of each example in a cache: a changes only
+// at steps with v_t != 0 (about one in seven for binary digits), and only there is the sigmoid
+// evaluated; every other step is a dot product with V_t (forward) or a few fused multiply-adds
+// (backward). The results are those of evaluating it at every step, bit for bit.
+
 // Forward of examples [n0, n1): logits rows into out (N, D, L); the running sum lives in a_last's
-// rows (N, H), which end holding a_{D-1}. LF = L for fused heads, 0 for the GEMM head.
+// rows (N, H), which end holding a_{D-1}.
 template <typename C, int LF>
-void forward_chunk(const Args<C>& A, int64_t n0, int64_t n1, C* out, double* a_last) {
+void forward_chunk_fused(const Args<C>& A, int64_t n0, int64_t n1, C* out, double* a_last) {
   using Vec = at::vec::Vectorized<C>;
   const int64_t D = A.D, H = A.H, L = A.L, nb = n1 - n0;
   double* a = a_last + n0 * H;
-  for (int64_t n = 0; n < nb; ++n)
+  Tensor hc_t = at::empty({nb * H}, at::TensorOptions().dtype(c10::CppTypeToScalarType<C>::value));
+  C* hc = hc_t.data_ptr<C>();  // h of the current segment (a unchanged)
+  for (int64_t n = 0; n < nb; ++n) {
     for (int64_t j = 0; j < H; ++j) a[n * H + j] = static_cast<double>(A.c[j]);
-  Tensor hbuf_t;
-  C* hbuf = nullptr;
-  if constexpr (LF == 0) {
-    hbuf_t = at::empty({nb * H}, at::TensorOptions().dtype(c10::CppTypeToScalarType<C>::value));
-    hbuf = hbuf_t.data_ptr<C>();
+    for_vectors<C>(H, [&](int64_t j, auto k) { st(sigmoid_cpu(Acc<C>::load(a + n * H + j, k)), hc + n * H + j, k); });
   }
   for (int64_t t = 0; t < D; ++t) {
     const C* w_t = A.wt + t * H;
     const C* V_t = A.V + t * L * H;
-    const bool next = t + 1 < D;
     for (int64_t n = 0; n < nb; ++n) {
       double* an = a + n * H;
+      C* hn = hc + n * H;
       const C vs = A.v[(n0 + n) * D + t];
-      const bool add = next && vs != C(0);  // binary data: most steps add nothing to a
+      const bool add = t + 1 < D && vs != C(0);  // binary data: most steps leave a (and h) as it is
       const Vec vn(vs);
-      Vec acc[LF > 0 ? LF : 1];
+      Vec acc[LF];
       for (auto& x : acc) x = Vec(C(0));
       for_vectors<C>(H, [&](int64_t j, auto k) {  // a partial vector's zero lanes add nothing
-        const Vec h = sigmoid_cpu(Acc<C>::load(an + j, k));
-        if constexpr (LF > 0) {
-          for (int l = 0; l < LF; ++l) acc[l] = at::vec::fmadd(h, ld(V_t + l * H + j, k), acc[l]);
-        } else {
-          st(h, hbuf + n * H + j, k);
-        }
-        if (add) Acc<C>::add(an + j, vn * ld(w_t + j, k), k);  // rounded to C, then summed in double
+        const Vec h = ld(hn + j, k);
+        for (int l = 0; l < LF; ++l) acc[l] = at::vec::fmadd(h, ld(V_t + l * H + j, k), acc[l]);
+        if (add)  // the term rounded to C, then summed in double; the next step's h
+          st(sigmoid_cpu(Acc<C>::add_get(an + j, vn * ld(w_t + j, k), k)), hn + j, k);
       });
-      if constexpr (LF > 0) {
-        C* o = out + ((n0 + n) * D + t) * L;
-        for (int l = 0; l < LF; ++l) o[l] = reduce_sum(acc[l]) + A.b[t * L + l];
-      }
-    }
-    if constexpr (LF == 0) {
-      C* o = out + (n0 * D + t) * L;
-      gemm_rowmajor(nb, L, H, hbuf, H, A.VT + t * H * L, L, o, D * L, /*accumulate=*/false);
-      for (int64_t n = 0; n < nb; ++n)
-        for (int64_t l = 0; l < L; ++l) o[n * D * L + l] += A.b[t * L + l];
+      C* o = out + ((n0 + n) * D + t) * L;
+      for (int l = 0; l < LF; ++l) o[l] = reduce_sum(acc[l]) + A.b[t * L + l];
     }
   }
 }
 
 // Backward of examples [n0, n1): grad_v rows into gv (N, D); this chunk's dW^T (D, H), dV
 // (D, L, H) and dc (H,, float64) go to its own buffers dwt, dV (each row written, no need to
-// zero them first) and dc (added to).
+// zero them first) and dc (added to). Within a segment s = h (1 - h) is constant, so
+// R = sum_{t' > t} da_t' is kept as R64 (float64) + s Q, with Q (float) the sum of dh over the
+// segment's pending steps: flushed into R64 when a changes, when dW_t needs R (v_t != 0), and
+// every kFlushEvery steps (Q sums only a few terms in float). rf = R64 rounded, for dv.
 template <typename C, int LF>
-void backward_chunk(const Args<C>& A, const C* g, const double* a_last, int64_t n0, int64_t n1, C* gv, C* dwt,
-                    C* dV, double* dc) {
+void backward_chunk_fused(const Args<C>& A, const C* g, const double* a_last, int64_t n0, int64_t n1, C* gv,
+                          C* dwt, C* dV, double* dc) {
   using Vec = at::vec::Vectorized<C>;
+  constexpr int kFlushEvery = 8;
   const int64_t D = A.D, H = A.H, L = A.L, nb = n1 - n0;
-  const auto copts = at::TensorOptions().dtype(c10::CppTypeToScalarType<C>::value);
-  Tensor state_t = at::empty({2 * nb * H}, at::TensorOptions().dtype(at::kDouble));
+  Tensor state_t = at::zeros({2 * nb * H}, at::TensorOptions().dtype(at::kDouble));
+  Tensor cache_t = at::zeros({3 * nb * H}, at::TensorOptions().dtype(c10::CppTypeToScalarType<C>::value));
   double *a = state_t.data_ptr<double>(), *R = a + nb * H;
+  C *hc = cache_t.data_ptr<C>(), *Q = hc + nb * H, *rf = Q + nb * H;
   std::copy(a_last + n0 * H, a_last + n1 * H, a);
-  std::fill(R, R + nb * H, 0.0);
-  Tensor work_t;
-  C *hbuf = nullptr, *dhbuf = nullptr, *gT = nullptr;
-  if constexpr (LF == 0) {
-    work_t = at::empty({2 * nb * H + L * nb}, copts);
-    hbuf = work_t.data_ptr<C>();
-    dhbuf = hbuf + nb * H;
-    gT = dhbuf + nb * H;
-  }
+  for (int64_t n = 0; n < nb; ++n)
+    for_vectors<C>(H, [&](int64_t j, auto k) { st(sigmoid_cpu(Acc<C>::load(a + n * H + j, k)), hc + n * H + j, k); });
+  std::vector<int> pending(nb, 0);  // steps summed in Q since its last flush
   for (int64_t t = D - 1; t >= 0; --t) {
     const C* w_t = A.wt + t * H;
     const C* w_p = A.wt + (t > 0 ? t - 1 : 0) * H;
     const C* V_t = A.V + t * L * H;
     C* dV_t = dV + t * L * H;
     C* dw_t = dwt + t * H;
-    const C* g_t = g + (n0 * D + t) * L;  // row n at n * D * L
     std::fill(dV_t, dV_t + L * H, C(0));  // this chunk's rows of step t, zeroed here while in cache
     std::fill(dw_t, dw_t + H, C(0));
-    if constexpr (LF == 0) gemm_rowmajor(nb, H, L, g_t, D * L, V_t, H, dhbuf, H, /*accumulate=*/false);
     for (int64_t n = 0; n < nb; ++n) {
       double *an = a + n * H, *Rn = R + n * H;
-      const C* gn = g_t + n * D * L;
-      Vec gl[LF > 0 ? LF : 1];
+      C *hn = hc + n * H, *Qn = Q + n * H, *rfn = rf + n * H;
+      const C* gn = g + ((n0 + n) * D + t) * L;
+      Vec gl[LF];
       for (int l = 0; l < LF; ++l) gl[l] = Vec(gn[l]);
       const C* vrow = A.v + (n0 + n) * D;
-      const Vec vt(vrow[t]);
       const C vps = t > 0 ? -vrow[t - 1] : C(0);  // (-v) W = -(v W) exactly: the forward's term undone
-      const Vec vp(vps);
-      const bool has_v = vrow[t] != C(0), undo = vps != C(0);  // zero inputs (binary data) skip their terms
+      const bool has_v = vrow[t] != C(0), change = vps != C(0);
+      const int p = (has_v ? 0 : pending[n]) + 1;
+      const bool flush = change || p >= kFlushEvery;
+      pending[n] = flush ? 0 : p;
+      const Vec vt(vrow[t]), vp(vps);
+      Vec dv_acc(C(0));
+      for_vectors<C>(H, [&](int64_t j, auto k) {
+        const Vec h = ld(hn + j, k);
+        const Vec s = h * (Vec(C(1)) - h);
+        Vec q = ld(Qn + j, k), r;
+        if (has_v) {  // R complete for dW_t: flush Q first
+          r = Acc<C>::add_get(Rn + j, s * q, k);
+          st(r, rfn + j, k);
+          q = Vec(C(0));
+          st(at::vec::fmadd(vt, r, ld(dw_t + j, k)), dw_t + j, k);
+        } else {
+          r = at::vec::fmadd(s, q, ld(rfn + j, k));
+        }
+        dv_acc = at::vec::fmadd(ld(w_t + j, k), r, dv_acc);
+        Vec dh = gl[0] * ld(V_t + j, k);
+        for (int l = 1; l < LF; ++l) dh = at::vec::fmadd(gl[l], ld(V_t + l * H + j, k), dh);
+        for (int l = 0; l < LF; ++l) st(at::vec::fmadd(gl[l], h, ld(dV_t + l * H + j, k)), dV_t + l * H + j, k);
+        q = q + dh;
+        if (flush) {
+          st(Acc<C>::add_get(Rn + j, s * q, k), rfn + j, k);
+          q = Vec(C(0));
+          if (change) st(sigmoid_cpu(Acc<C>::add_get(an + j, vp * ld(w_p + j, k), k)), hn + j, k);
+        }
+        st(q, Qn + j, k);
+      });
+      gv[(n0 + n) * D + t] = reduce_sum(dv_acc);
+    }
+  }
+  for (int64_t n = 0; n < nb; ++n) {
+    for_vectors<C>(H, [&](int64_t j, auto k) {  // the last pending steps
+      const Vec h = ld(hc + n * H + j, k);
+      Acc<C>::add(R + n * H + j, h * (Vec(C(1)) - h) * ld(Q + n * H + j, k), k);
+    });
+    for (int64_t j = 0; j < H; ++j) dc[j] += R[n * H + j];
+  }
+}
+
+// The GEMM head (L > kFusedHeads): per step and chunk, logits_t = h V_t^T on a GEMM after the
+// pass that computes h and the next a.
+template <typename C>
+void forward_chunk_gemm(const Args<C>& A, int64_t n0, int64_t n1, C* out, double* a_last) {
+  using Vec = at::vec::Vectorized<C>;
+  const int64_t D = A.D, H = A.H, L = A.L, nb = n1 - n0;
+  double* a = a_last + n0 * H;
+  for (int64_t n = 0; n < nb; ++n)
+    for (int64_t j = 0; j < H; ++j) a[n * H + j] = static_cast<double>(A.c[j]);
+  Tensor hbuf_t = at::empty({nb * H}, at::TensorOptions().dtype(c10::CppTypeToScalarType<C>::value));
+  C* hbuf = hbuf_t.data_ptr<C>();
+  for (int64_t t = 0; t < D; ++t) {
+    const C* w_t = A.wt + t * H;
+    for (int64_t n = 0; n < nb; ++n) {
+      double* an = a + n * H;
+      const C vs = A.v[(n0 + n) * D + t];
+      const bool add = t + 1 < D && vs != C(0);
+      const Vec vn(vs);
+      for_vectors<C>(H, [&](int64_t j, auto k) {
+        st(sigmoid_cpu(Acc<C>::load(an + j, k)), hbuf + n * H + j, k);
+        if (add) Acc<C>::add(an + j, vn * ld(w_t + j, k), k);
+      });
+    }
+    C* o = out + (n0 * D + t) * L;
+    gemm_rowmajor(nb, L, H, hbuf, H, A.VT + t * H * L, L, o, D * L, /*accumulate=*/false);
+    for (int64_t n = 0; n < nb; ++n)
+      for (int64_t l = 0; l < L; ++l) o[n * D * L + l] += A.b[t * L + l];
+  }
+}
+
+// Backward for the GEMM head: dh = g_t V_t and dV_t += g_t^T h per step on GEMMs, the pass
+// between them as in the fused backward but evaluating the sigmoid at every step.
+template <typename C>
+void backward_chunk_gemm(const Args<C>& A, const C* g, const double* a_last, int64_t n0, int64_t n1, C* gv, C* dwt,
+                         C* dV, double* dc) {
+  using Vec = at::vec::Vectorized<C>;
+  const int64_t D = A.D, H = A.H, L = A.L, nb = n1 - n0;
+  Tensor state_t = at::zeros({2 * nb * H}, at::TensorOptions().dtype(at::kDouble));
+  double *a = state_t.data_ptr<double>(), *R = a + nb * H;
+  std::copy(a_last + n0 * H, a_last + n1 * H, a);
+  Tensor work_t = at::empty({2 * nb * H + L * nb}, at::TensorOptions().dtype(c10::CppTypeToScalarType<C>::value));
+  C *hbuf = work_t.data_ptr<C>(), *dhbuf = hbuf + nb * H, *gT = dhbuf + nb * H;
+  for (int64_t t = D - 1; t >= 0; --t) {
+    const C* w_t = A.wt + t * H;
+    const C* w_p = A.wt + (t > 0 ? t - 1 : 0) * H;
+    C* dw_t = dwt + t * H;
+    const C* g_t = g + (n0 * D + t) * L;  // row n at n * D * L
+    std::fill(dw_t, dw_t + H, C(0));
+    gemm_rowmajor(nb, H, L, g_t, D * L, A.V + t * L * H, H, dhbuf, H, /*accumulate=*/false);
+    for (int64_t n = 0; n < nb; ++n) {
+      double *an = a + n * H, *Rn = R + n * H;
+      const C* vrow = A.v + (n0 + n) * D;
+      const C vps = t > 0 ? -vrow[t - 1] : C(0);
+      const bool has_v = vrow[t] != C(0), undo = vps != C(0);
+      const Vec vt(vrow[t]), vp(vps);
       Vec dv_acc(C(0));
       for_vectors<C>(H, [&](int64_t j, auto k) {
         const Vec h = sigmoid_cpu(Acc<C>::load(an + j, k));
-        Vec dh;
-        if constexpr (LF > 0) {
-          dh = gl[0] * ld(V_t + j, k);
-          for (int l = 1; l < LF; ++l) dh = at::vec::fmadd(gl[l], ld(V_t + l * H + j, k), dh);
-          for (int l = 0; l < LF; ++l) st(at::vec::fmadd(gl[l], h, ld(dV_t + l * H + j, k)), dV_t + l * H + j, k);
-        } else {
-          dh = ld(dhbuf + n * H + j, k);
-          st(h, hbuf + n * H + j, k);
-        }
+        st(h, hbuf + n * H + j, k);
         const Vec r = Acc<C>::load(Rn + j, k);  // sum of da over the later steps
         dv_acc = at::vec::fmadd(ld(w_t + j, k), r, dv_acc);
         if (has_v) st(at::vec::fmadd(vt, r, ld(dw_t + j, k)), dw_t + j, k);
-        Acc<C>::add(Rn + j, nade_preact_grad(dh, h), k);
+        Acc<C>::add(Rn + j, nade_preact_grad(ld(dhbuf + n * H + j, k), h), k);
         if (undo) Acc<C>::add(an + j, vp * ld(w_p + j, k), k);
       });
       gv[(n0 + n) * D + t] = reduce_sum(dv_acc);
     }
-    if constexpr (LF == 0) {  // dV_t += g_t^T h
-      for (int64_t n = 0; n < nb; ++n)
-        for (int64_t l = 0; l < L; ++l) gT[l * nb + n] = g_t[n * D * L + l];
-      gemm_rowmajor(L, H, nb, gT, nb, hbuf, H, dV_t, H, /*accumulate=*/true);
-    }
+    for (int64_t n = 0; n < nb; ++n)  // dV_t = g_t^T h
+      for (int64_t l = 0; l < L; ++l) gT[l * nb + n] = g_t[n * D * L + l];
+    gemm_rowmajor(L, H, nb, gT, nb, hbuf, H, dV + t * L * H, H, /*accumulate=*/false);
   }
   for (int64_t n = 0; n < nb; ++n)
     for (int64_t j = 0; j < H; ++j) dc[j] += R[n * H + j];
@@ -240,7 +318,11 @@ std::tuple<Tensor, Tensor> nade_cpu(const Tensor& v_in, const Tensor& W_in, cons
                            VT.defined() ? VT.const_data_ptr<scalar_t>() : nullptr, b.const_data_ptr<scalar_t>()};
     dispatch_head(s.L, [&](auto lf) {
       for_each_chunk(s.N, chunks, [&](int64_t n0, int64_t n1, int64_t) {
-        forward_chunk<scalar_t, decltype(lf)::value>(A, n0, n1, out.data_ptr<scalar_t>(), a_last.data_ptr<double>());
+        constexpr int LF = decltype(lf)::value;
+        if constexpr (LF > 0)
+          forward_chunk_fused<scalar_t, LF>(A, n0, n1, out.data_ptr<scalar_t>(), a_last.data_ptr<double>());
+        else
+          forward_chunk_gemm<scalar_t>(A, n0, n1, out.data_ptr<scalar_t>(), a_last.data_ptr<double>());
       });
     });
   });
@@ -270,10 +352,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> nade_backward_cpu(const Tenso
                            nullptr, V.const_data_ptr<scalar_t>(), nullptr, nullptr};
     dispatch_head(s.L, [&](auto lf) {
       for_each_chunk(s.N, chunks, [&](int64_t n0, int64_t n1, int64_t ch) {
-        backward_chunk<scalar_t, decltype(lf)::value>(
-            A, g.const_data_ptr<scalar_t>(), a_last.const_data_ptr<double>(), n0, n1, gv.data_ptr<scalar_t>(),
-            dwt.data_ptr<scalar_t>() + ch * s.D * s.H, dV.data_ptr<scalar_t>() + ch * s.D * s.L * s.H,
-            dc.data_ptr<double>() + ch * s.H);
+        constexpr int LF = decltype(lf)::value;
+        const auto* gp = g.const_data_ptr<scalar_t>();
+        const double* ap = a_last.const_data_ptr<double>();
+        scalar_t *gvp = gv.data_ptr<scalar_t>(), *dwp = dwt.data_ptr<scalar_t>() + ch * s.D * s.H;
+        scalar_t* dVp = dV.data_ptr<scalar_t>() + ch * s.D * s.L * s.H;
+        double* dcp = dc.data_ptr<double>() + ch * s.H;
+        if constexpr (LF > 0)
+          backward_chunk_fused<scalar_t, LF>(A, gp, ap, n0, n1, gvp, dwp, dVp, dcp);
+        else
+          backward_chunk_gemm<scalar_t>(A, gp, ap, n0, n1, gvp, dwp, dVp, dcp);
       });
     });
   });

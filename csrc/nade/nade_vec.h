@@ -51,6 +51,12 @@ struct Acc<double> {
   static Vec load(const double* p, K k) { return ld(p, k); }
   template <typename K>
   static void add(double* p, const Vec& x, K k) { st(ld(p, k) + x, p, k); }
+  template <typename K>
+  static Vec add_get(double* p, const Vec& x, K k) {  // p += x; returns the new value
+    const Vec y = ld(p, k) + x;
+    st(y, p, k);
+    return y;
+  }
 };
 
 template <>
@@ -107,6 +113,26 @@ struct Acc<float> {
     to_double(x, lo, hi);
     st(ld(p, k1) + lo, p, k1);
     st(ld(p + kHalf, k2) + hi, p + kHalf, k2);
+  }
+  // p += x (in float64); returns the new value rounded to float
+  static Vec add_get(double* p, const Vec& x, Full) {
+    Vd lo, hi;
+    to_double(x, lo, hi);
+    lo = Vd::loadu(p) + lo;
+    hi = Vd::loadu(p + kHalf) + hi;
+    lo.store(p);
+    hi.store(p + kHalf);
+    return to_float(lo, hi);
+  }
+  static Vec add_get(double* p, const Vec& x, int64_t k) {
+    const int64_t k1 = std::min(k, kHalf), k2 = k - k1;
+    Vd lo, hi;
+    to_double(x, lo, hi);
+    lo = ld(p, k1) + lo;
+    hi = ld(p + kHalf, k2) + hi;
+    st(lo, p, k1);
+    st(hi, p + kHalf, k2);
+    return to_float(lo, hi);
   }
 };
 
