@@ -51,7 +51,7 @@ def _forward_kernel(v_ptr, wt_ptr, c_ptr, V_ptr, b_ptr, out_ptr, a_ptr, N, D, H,
 
 @triton.jit
 def _backward_kernel(g_ptr, v_ptr, wt_ptr, V_ptr, a_ptr, gv_ptr, dwt_ptr, dV_ptr, dc_ptr, N, D, H, L,
-                     BN: tl.constexpr, HB: tl.constexpr, ACC: tl.constexpr):
+                     GRAD_V: tl.constexpr, BN: tl.constexpr, HB: tl.constexpr, ACC: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BN + tl.arange(0, BN)
     cols = tl.arange(0, HB)
@@ -72,7 +72,8 @@ def _backward_kernel(g_ptr, v_ptr, wt_ptr, V_ptr, a_ptr, gv_ptr, dwt_ptr, dV_ptr
         r = R.to(ACC)
         w = tl.load(wt_ptr + t * H + cols, mask=cok, other=0.0).to(ACC)
         vt = tl.load(v_ptr + rows * D + t, mask=rok, other=0.0).to(ACC)
-        tl.store(gv_ptr + rows * D + t, tl.sum(r * w[None, :], axis=1), mask=rok)
+        if GRAD_V:
+            tl.store(gv_ptr + rows * D + t, tl.sum(r * w[None, :], axis=1), mask=rok)
         tl.store(dwt_ptr + (pid * D + t) * H + cols, tl.sum(vt[:, None] * r, axis=0), mask=cok)
         R += (dh * h * (1.0 - h)).to(tl.float64)
         if t > 0:
@@ -114,8 +115,8 @@ def nade_forward(v, W, c, V, b):
     return out.to(v.dtype), a_last
 
 
-def nade_backward(grad_logits, v, W, V, a_last):
-    """-> grad_v (N, D), grad_W (H, D), grad_c (H,), grad_V (D, L, H), grad_b (D, L)."""
+def nade_backward(grad_logits, v, W, V, a_last, grad_v=True):
+    """-> grad_v (N, D) (zeros unless grad_v), grad_W (H, D), grad_c (H,), grad_V (D, L, H), grad_b (D, L)."""
     N, D = v.shape
     H, L = W.shape[0], V.shape[1]
     acc, vc, wt, Vc = _prepare(v, W, V)
@@ -125,11 +126,11 @@ def nade_backward(grad_logits, v, W, V, a_last):
         z = lambda *s: torch.zeros(*s, dtype=v.dtype, device=v.device)  # noqa: E731
         return z(N, D), z(H, D), z(H), z(D, L, H), gb.to(v.dtype)
     BN, HB, P = _blocks(N, H)
-    gv = torch.empty(N, D, dtype=acc, device=v.device)
+    gv = (torch.empty if grad_v else torch.zeros)(N, D, dtype=acc, device=v.device)
     dwt = torch.empty(P, D, H, dtype=acc, device=v.device)
     dV = torch.zeros(P, D, L, H, dtype=acc, device=v.device)
     dc = torch.empty(P, H, dtype=torch.float64, device=v.device)
     _backward_kernel[(P,)](g, vc, wt, Vc, a_last.contiguous(), gv, dwt, dV, dc, N, D, H, L,
-                           BN=BN, HB=HB, ACC=_acc(acc))
+                           GRAD_V=bool(grad_v), BN=BN, HB=HB, ACC=_acc(acc))
     gW = dwt.sum(0).t().contiguous()
     return gv.to(v.dtype), gW.to(v.dtype), dc.sum(0).to(v.dtype), dV.sum(0).to(v.dtype), gb.to(v.dtype)

@@ -105,7 +105,7 @@ void forward_chunk_fused(const Args<C>& A, int64_t n0, int64_t n1, C* out, doubl
 // R = sum_{t' > t} da_t' is kept as R64 (float64) + s Q, with Q (float) the sum of dh over the
 // segment's pending steps: flushed into R64 when a changes, when dW_t needs R (v_t != 0), and
 // every kFlushEvery steps (Q sums only a few terms in float). rf = R64 rounded, for dv.
-template <typename C, int LF>
+template <typename C, int LF, bool kDv>
 void backward_chunk_fused(const Args<C>& A, const C* g, const double* a_last, int64_t n0, int64_t n1, C* gv,
                           C* dwt, C* dV, double* dc) {
   using Vec = at::vec::Vectorized<C>;
@@ -145,15 +145,17 @@ void backward_chunk_fused(const Args<C>& A, const C* g, const double* a_last, in
         const Vec h = ld(hn + j, k);
         const Vec s = h * (Vec(C(1)) - h);
         Vec q = ld(Qn + j, k), r;
+        (void)r;
         if (has_v) {  // R complete for dW_t: flush Q first
           r = Acc<C>::add_get(Rn + j, s * q, k);
           st(r, rfn + j, k);
           q = Vec(C(0));
           st(at::vec::fmadd(vt, r, ld(dw_t + j, k)), dw_t + j, k);
-        } else {
+          if constexpr (kDv) dv_acc = at::vec::fmadd(ld(w_t + j, k), r, dv_acc);
+        } else if constexpr (kDv) {
           r = at::vec::fmadd(s, q, ld(rfn + j, k));
+          dv_acc = at::vec::fmadd(ld(w_t + j, k), r, dv_acc);
         }
-        dv_acc = at::vec::fmadd(ld(w_t + j, k), r, dv_acc);
         Vec dh = gl[0] * ld(V_t + j, k);
         for (int l = 1; l < LF; ++l) dh = at::vec::fmadd(gl[l], ld(V_t + l * H + j, k), dh);
         for (int l = 0; l < LF; ++l) st(at::vec::fmadd(gl[l], h, ld(dV_t + l * H + j, k)), dV_t + l * H + j, k);
@@ -165,7 +167,7 @@ void backward_chunk_fused(const Args<C>& A, const C* g, const double* a_last, in
         }
         st(q, Qn + j, k);
       });
-      gv[(n0 + n) * D + t] = reduce_sum(dv_acc);
+      gv[(n0 + n) * D + t] = kDv ? reduce_sum(dv_acc) : C(0);
     }
   }
   for (int64_t n = 0; n < nb; ++n) {
@@ -211,7 +213,7 @@ void forward_chunk_gemm(const Args<C>& A, int64_t n0, int64_t n1, C* out, double
 // between them as in the fused backward but evaluating the sigmoid at every step.
 template <typename C>
 void backward_chunk_gemm(const Args<C>& A, const C* g, const double* a_last, int64_t n0, int64_t n1, C* gv, C* dwt,
-                         C* dV, double* dc) {
+                         C* dV, double* dc, bool want_dv) {
   using Vec = at::vec::Vectorized<C>;
   const int64_t D = A.D, H = A.H, L = A.L, nb = n1 - n0;
   Tensor state_t = at::zeros({2 * nb * H}, at::TensorOptions().dtype(at::kDouble));
@@ -237,12 +239,12 @@ void backward_chunk_gemm(const Args<C>& A, const C* g, const double* a_last, int
         const Vec h = sigmoid_cpu(Acc<C>::load(an + j, k));
         st(h, hbuf + n * H + j, k);
         const Vec r = Acc<C>::load(Rn + j, k);  // sum of da over the later steps
-        dv_acc = at::vec::fmadd(ld(w_t + j, k), r, dv_acc);
+        if (want_dv) dv_acc = at::vec::fmadd(ld(w_t + j, k), r, dv_acc);
         if (has_v) st(at::vec::fmadd(vt, r, ld(dw_t + j, k)), dw_t + j, k);
         Acc<C>::add(Rn + j, nade_preact_grad(ld(dhbuf + n * H + j, k), h), k);
         if (undo) Acc<C>::add(an + j, vp * ld(w_p + j, k), k);
       });
-      gv[(n0 + n) * D + t] = reduce_sum(dv_acc);
+      gv[(n0 + n) * D + t] = want_dv ? reduce_sum(dv_acc) : C(0);
     }
     for (int64_t n = 0; n < nb; ++n)  // dV_t = g_t^T h
       for (int64_t l = 0; l < L; ++l) gT[l * nb + n] = g_t[n * D * L + l];
@@ -331,7 +333,7 @@ std::tuple<Tensor, Tensor> nade_cpu(const Tensor& v_in, const Tensor& W_in, cons
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> nade_backward_cpu(const Tensor& g_in, const Tensor& v_in,
                                                                      const Tensor& W_in, const Tensor& V_in,
-                                                                     const Tensor& a_last_in) {
+                                                                     const Tensor& a_last_in, bool grad_v) {
   const auto s = check_nade_backward(g_in, v_in, W_in, V_in, a_last_in);
   const auto dt = v_in.scalar_type(), ct = nade_compute_type(dt);
   const auto copts = v_in.options().dtype(ct);
@@ -358,10 +360,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> nade_backward_cpu(const Tenso
         scalar_t *gvp = gv.data_ptr<scalar_t>(), *dwp = dwt.data_ptr<scalar_t>() + ch * s.D * s.H;
         scalar_t* dVp = dV.data_ptr<scalar_t>() + ch * s.D * s.L * s.H;
         double* dcp = dc.data_ptr<double>() + ch * s.H;
-        if constexpr (LF > 0)
-          backward_chunk_fused<scalar_t, LF>(A, gp, ap, n0, n1, gvp, dwp, dVp, dcp);
-        else
-          backward_chunk_gemm<scalar_t>(A, gp, ap, n0, n1, gvp, dwp, dVp, dcp);
+        if constexpr (LF > 0) {
+          if (grad_v)
+            backward_chunk_fused<scalar_t, LF, true>(A, gp, ap, n0, n1, gvp, dwp, dVp, dcp);
+          else
+            backward_chunk_fused<scalar_t, LF, false>(A, gp, ap, n0, n1, gvp, dwp, dVp, dcp);
+        } else {
+          backward_chunk_gemm<scalar_t>(A, gp, ap, n0, n1, gvp, dwp, dVp, dcp, grad_v);
+        }
       });
     });
   });

@@ -97,7 +97,8 @@ template <typename C>
 __global__ void nade_backward_kernel(const C* __restrict__ g, const C* __restrict__ v, const C* __restrict__ wt,
                                      const C* __restrict__ V, const double* __restrict__ a_last,
                                      C* __restrict__ gv_part, C* __restrict__ dwt_part, C* __restrict__ dV_part,
-                                     double* __restrict__ dc_part, int64_t N, int64_t D, int64_t H, int64_t L) {
+                                     double* __restrict__ dc_part, int64_t N, int64_t D, int64_t H, int64_t L,
+                                     bool grad_v) {
   __shared__ C red[kWarps * kRows];
   const int64_t j = int64_t(blockIdx.x) * kUnits + threadIdx.x, n0 = int64_t(blockIdx.y) * kRows;
   const bool unit = j < H;
@@ -135,8 +136,10 @@ __global__ void nade_backward_kernel(const C* __restrict__ g, const C* __restric
       dw += v_at(i, t) * r[i];
     }
     if (unit) dwt_part[(int64_t(blockIdx.y) * D + t) * H + j] = dw;
-    const C s = block_sum_rows(p, red, threadIdx.x);
-    if (threadIdx.x < kRows && n0 + threadIdx.x < N) gv_part[(int64_t(blockIdx.x) * N + n0 + threadIdx.x) * D + t] = s;
+    if (grad_v) {  // the same for the whole block: its barriers stay uniform
+      const C s = block_sum_rows(p, red, threadIdx.x);
+      if (threadIdx.x < kRows && n0 + threadIdx.x < N) gv_part[(int64_t(blockIdx.x) * N + n0 + threadIdx.x) * D + t] = s;
+    }
     const C wp = unit && t > 0 ? wt[(t - 1) * H + j] : C(0);
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
@@ -207,7 +210,7 @@ std::tuple<Tensor, Tensor> nade_cuda(const Tensor& v_in, const Tensor& W_in, con
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> nade_backward_cuda(const Tensor& g_in, const Tensor& v_in,
                                                                       const Tensor& W_in, const Tensor& V_in,
-                                                                      const Tensor& a_last_in) {
+                                                                      const Tensor& a_last_in, bool grad_v) {
   const auto s = check_nade_backward(g_in, v_in, W_in, V_in, a_last_in);
   const at::cuda::CUDAGuard guard(v_in.device());
   const auto dt = v_in.scalar_type(), ct = nade_compute_type(dt);
@@ -231,10 +234,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> nade_backward_cuda(const Tens
     nade_backward_kernel<scalar_t><<<grid, kUnits, 0, at::cuda::getCurrentCUDAStream()>>>(
         g.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), wt.const_data_ptr<scalar_t>(),
         V.const_data_ptr<scalar_t>(), a_last.const_data_ptr<double>(), gv_part.data_ptr<scalar_t>(),
-        dwt_part.data_ptr<scalar_t>(), dV_part.data_ptr<scalar_t>(), dc_part.data_ptr<double>(), s.N, s.D, s.H, s.L);
+        dwt_part.data_ptr<scalar_t>(), dV_part.data_ptr<scalar_t>(), dc_part.data_ptr<double>(), s.N, s.D, s.H, s.L,
+        grad_v);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const scalar_t* none = nullptr;
-    sum_partials<scalar_t, scalar_t>(gv_part, none, 1, gv);
+    if (grad_v) sum_partials<scalar_t, scalar_t>(gv_part, none, 1, gv); else gv.zero_();
     sum_partials<scalar_t, scalar_t>(dwt_part, none, 1, dwt);
     sum_partials<scalar_t, scalar_t>(dV_part, none, 1, dV);
     sum_partials<double, scalar_t>(dc_part, none, 1, gc);

@@ -4,7 +4,7 @@ Implementations: "reference" (fastgen.reference.nade, the cumsum formula), "cpp"
 compiled op fastgen::nade behind the dispatcher) and "triton" (the sibling op
 fastgen::nade_triton). The compiled and Triton ops return, besides the logits, a_last (N, H):
 the last step's pre-activation in float64, from which the backward op (the reverse walk over
-the steps) recovers every earlier one. They share one fake kernel and one autograd wiring.
+the steps) recovers every earlier one; it skips v's gradient when v needs none. They share one fake kernel and one autograd wiring.
 Double backward is not supported (the backward ops raise if differentiated).
 """
 import torch
@@ -28,11 +28,11 @@ def _nade_triton(v: torch.Tensor, W: torch.Tensor, c: torch.Tensor, V: torch.Ten
 
 @torch.library.custom_op("fastgen::nade_backward_triton", mutates_args=())
 def _nade_backward_triton(
-        grad_logits: torch.Tensor, v: torch.Tensor, W: torch.Tensor, V: torch.Tensor,
-        a_last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        grad_logits: torch.Tensor, v: torch.Tensor, W: torch.Tensor, V: torch.Tensor, a_last: torch.Tensor,
+        v_requires_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from fastgen.kernels.nade import nade_backward
 
-    return nade_backward(grad_logits, v, W, V, a_last)
+    return nade_backward(grad_logits, v, W, V, a_last, v_requires_grad)
 
 
 # --- fake kernels (shapes only: torch.compile traces through them) ------------------------
@@ -41,7 +41,7 @@ def _fake(v, W, c, V, b):
     return v.new_empty(N, D, V.shape[1]), v.new_empty(N, W.shape[0], dtype=torch.float64)
 
 
-def _fake_backward(grad_logits, v, W, V, a_last):
+def _fake_backward(grad_logits, v, W, V, a_last, v_requires_grad):
     N, D = v.shape
     H, L = W.shape[0], V.shape[1]
     return (v.new_empty(N, D), v.new_empty(H, D), v.new_empty(H), v.new_empty(D, L, H), v.new_empty(D, L))
@@ -61,7 +61,9 @@ def _make_backward(backward_op):
         if grad_logits is None:
             return None, None, None, None, None
         v, W, V, a_last = ctx.saved_tensors
-        return backward_op(grad_logits, v, W, V, a_last)
+        grad_v = ctx.needs_input_grad[0]  # a model's inputs need none: the kernel skips its dot products
+        gv, gW, gc, gV, gb = backward_op(grad_logits, v, W, V, a_last, grad_v)
+        return (gv if grad_v else None), gW, gc, gV, gb
 
     return backward
 
