@@ -143,17 +143,17 @@ void backward_chunk_fused(const Args<C>& A, const C* g, const double* a_last, in
       Vec dv_acc(C(0));
       for_vectors<C>(H, [&](int64_t j, auto k) {
         const Vec h = ld(hn + j, k);
-        const Vec s = h * (Vec(C(1)) - h);
+        const auto s = [&] { return h * (Vec(C(1)) - h); };  // only where Q is flushed or read
         Vec q = ld(Qn + j, k), r;
         (void)r;
         if (has_v) {  // R complete for dW_t: flush Q first
-          r = Acc<C>::add_get(Rn + j, s * q, k);
+          r = Acc<C>::add_get(Rn + j, s() * q, k);
           st(r, rfn + j, k);
           q = Vec(C(0));
           st(at::vec::fmadd(vt, r, ld(dw_t + j, k)), dw_t + j, k);
           if constexpr (kDv) dv_acc = at::vec::fmadd(ld(w_t + j, k), r, dv_acc);
         } else if constexpr (kDv) {
-          r = at::vec::fmadd(s, q, ld(rfn + j, k));
+          r = at::vec::fmadd(s(), q, ld(rfn + j, k));
           dv_acc = at::vec::fmadd(ld(w_t + j, k), r, dv_acc);
         }
         Vec dh = gl[0] * ld(V_t + j, k);
@@ -161,7 +161,7 @@ void backward_chunk_fused(const Args<C>& A, const C* g, const double* a_last, in
         for (int l = 0; l < LF; ++l) st(at::vec::fmadd(gl[l], h, ld(dV_t + l * H + j, k)), dV_t + l * H + j, k);
         q = q + dh;
         if (flush) {
-          st(Acc<C>::add_get(Rn + j, s * q, k), rfn + j, k);
+          st(Acc<C>::add_get(Rn + j, s() * q, k), rfn + j, k);
           q = Vec(C(0));
           if (change) st(sigmoid_cpu(Acc<C>::add_get(an + j, vp * ld(w_p + j, k), k)), hn + j, k);
         }
