@@ -52,6 +52,13 @@ def cpu_name():
         return platform.processor() or "unknown CPU"
 
 
+def free_parameters(model):
+    """Free parameters (masked-out weights excluded where the model says so)."""
+    if hasattr(model, "num_parameters"):
+        return model.num_parameters()
+    return sum(p.numel() for p in model.parameters())
+
+
 def per_example_loss(model, recipe, x, generator):
     """(N,) training loss in nats: exact NLL, -ELBO or -IWAE_k."""
     if recipe["objective"] == "nll":
@@ -182,7 +189,7 @@ def train(name, args):
     per_epoch = math.ceil(n / bs)
     start = last_save = time.time()
     out_of_time = False
-    print(f"{name}: {model.num_parameters():,} free parameters, epoch {st['epoch']} batch {st['batch']}, "
+    print(f"{name}: {free_parameters(model):,} free parameters, epoch {st['epoch']} batch {st['batch']}, "
           f"lr {st['lr']:.2e}, {args.threads} thread(s)", file=sys.stderr, flush=True)
     while not st["finished"] and not out_of_time:
         t0, e = time.time(), st["epoch"]
@@ -260,7 +267,7 @@ def report(name, model, recipe, st, args):
              "epochs": st["epoch"], "best_epoch": st["best"]["epoch"],
              "best_val_nll": round(st["best"]["val_nll"], 3), "hours": round(st["hours"], 2),
              "sessions": st["sessions"], "cpu": "; ".join(st["cpus"]), "threads": args.threads,
-             "parameters": model.num_parameters(),
+             "parameters": free_parameters(model),
              "test_eval": "exact" if recipe["model"] != "VAE" else f"IWAE k={TEST_IWAE_K}",
              "command": f"python bench/reproduce.py {name} --resume --hours H --threads {args.threads}",
              "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()}

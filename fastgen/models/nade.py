@@ -4,13 +4,15 @@ In step order t (pixel o_t), with v = x / (K-1):
     a_t = c + sum_{s<t} W[:, o_s] v_os      (H,)  the shared, running pre-activation
     h_t = sigmoid(a_t)
     logits_t = V[o_t] h_t + b[o_t]           (L,): one Bernoulli logit when K = 2, else K
-Density: all a_t at once by a cumulative sum over steps, O(D H) per example. Sampling keeps a
-and adds one column of W per sampled pixel: O(D H) per example, not O(D^2 H).
+Density: fastgen.ops.nade, O(D H) per example without materialising (N, D, H) (the fused op; its
+reference is the cumulative-sum formula). Sampling keeps a and adds one column of W per sampled
+pixel: O(D H) per example, not O(D^2 H).
 """
 import torch
 from torch import nn
 
 from fastgen.models.base import AutoregressiveModel, inverse_cdf
+from fastgen.ops.nade import nade as nade_layer
 
 
 class NADE(AutoregressiveModel):
@@ -30,34 +32,39 @@ class NADE(AutoregressiveModel):
     def ordering(self):
         return self.order
 
-    def _pre_activations(self, v):
-        """v: (N, D) scaled inputs in step order -> a: (N, D, H), a_t = c + sum_{s<t} ...
-
-        A cumulative sum over [c, contributions of steps 0..D-2]; the fast sampler adds the
-        same terms in the same order."""
-        n = v.shape[0]
-        contrib = v[:, :-1, None] * self.W[:, self.order[:-1]].t().unsqueeze(0)   # (N, D-1, H)
-        start = self.c.expand(n, 1, self.hidden_size)
-        return torch.cumsum(torch.cat([start, contrib], dim=1), dim=1)
+    def _natural_order(self):
+        """Whether the ordering is the identity (then nothing is gathered); cached per version
+        of the order buffer (load_state_dict may change it), so no host sync per call."""
+        key = (self.order.data_ptr(), self.order._version)
+        if getattr(self, "_natural_key", None) != key:
+            self._natural = bool(torch.equal(self.order.cpu(), torch.arange(self.num_dims)))
+            self._natural_key = key
+        return self._natural
 
     def logits(self, x):
         x = self.check_input(x)
         n, k = x.shape[0], self.num_logits
-        v = x.reshape(n, self.num_dims)[:, self.order] / (self.num_levels - 1)
-        hid = torch.sigmoid(self._pre_activations(v))                           # (N, D, H)
-        by_step = torch.einsum("ndh,dkh->ndk", hid, self.V[self.order]) + self.b[self.order]
+        v = x.reshape(n, self.num_dims) / (self.num_levels - 1)
+        if self._natural_order():
+            by_step = nade_layer(v, self.W, self.c, self.V, self.b)                  # (N, D, L)
+            return by_step.transpose(1, 2).reshape(n, k, *self.input_shape)
+        o = self.order
+        by_step = nade_layer(v[:, o], self.W[:, o], self.c, self.V[o], self.b[o])
         out = torch.empty_like(by_step)
-        out[:, self.order] = by_step
+        out[:, o] = by_step
         return out.transpose(1, 2).reshape(n, k, *self.input_shape)
 
     def _sample_incremental(self, x, known, u):
         n = x.shape[0]
         flat_x, flat_known = x.view(n, -1), known.view(n, -1)
-        # float64 running sum: torch.cumsum accumulates float32 in double, so this reproduces
-        # the density path's pre-activations bit for bit
+        # float64 running sum of the products rounded to the model's dtype: exactly the
+        # pre-activations of the density path (fastgen.ops.nade sums the same terms in float64 in
+        # every implementation, as its reference's torch.cumsum does); h and the logits then
+        # agree with it to a rounding of the last bit (sigmoid and dot-product implementations)
         act = self.c.double().expand(n, -1).clone()
+        compute = torch.float32 if self.c.dtype == torch.bfloat16 else self.c.dtype
         for step, d in enumerate(self.order.tolist()):
-            hid = torch.sigmoid(act.to(self.W.dtype))
+            hid = torch.sigmoid(act.to(compute)).to(self.V.dtype)
             logits = torch.einsum("nh,kh->nk", hid, self.V[d]) + self.b[d]
             draw = inverse_cdf(logits, u[:, step])
             flat_x[:, d] = torch.where(flat_known[:, d], flat_x[:, d], draw)

@@ -1,0 +1,185 @@
+// Vector helpers of the nade CPU kernel (any at::vec width): row I/O with a ragged end, the
+// float64 running sums seen as vectors of the compute type, and a fast float32 sigmoid.
+#pragma once
+
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "nade/nade.h"
+
+namespace fastgen {
+namespace nade_vec {  // names private to the nade CPU kernel
+
+// Vector I/O over a row of H: whole vectors in the body (Full, no count to test), a partial
+// one (count k, zero-filled lanes) at the ragged end. The passes below are generic lambdas over
+// the count type, instantiated once for each.
+struct Full {};
+
+template <typename T>
+inline at::vec::Vectorized<T> ld(const T* p, Full) { return at::vec::Vectorized<T>::loadu(p); }
+template <typename T>
+inline at::vec::Vectorized<T> ld(const T* p, int64_t k) {
+  return k > 0 ? at::vec::Vectorized<T>::loadu(p, k) : at::vec::Vectorized<T>(T(0));
+}
+template <typename T>
+inline void st(const at::vec::Vectorized<T>& x, T* p, Full) { x.store(p); }
+template <typename T>
+inline void st(const at::vec::Vectorized<T>& x, T* p, int64_t k) {
+  if (k > 0) x.store(p, k);
+}
+
+// body(j, Full()) over the whole vectors of [0, n), then body(j, k) once for the k left over.
+template <typename T, typename F>
+inline void for_vectors(int64_t n, const F& body) {
+  constexpr int64_t VS = at::vec::Vectorized<T>::size();
+  int64_t j = 0;
+  for (; j + VS <= n; j += VS) body(j, Full());
+  if (j < n) body(j, n - j);
+}
+
+// float64 running sums seen as vectors of the compute type C: one C vector = two double
+// vectors for float (converted in registers), the same vector for double.
+template <typename C>
+struct Acc;
+
+template <>
+struct Acc<double> {
+  using Vec = at::vec::Vectorized<double>;
+  template <typename K>
+  static Vec load(const double* p, K k) { return ld(p, k); }
+  template <typename K>
+  static void add(double* p, const Vec& x, K k) { st(ld(p, k) + x, p, k); }
+  template <typename K>
+  static Vec add_get(double* p, const Vec& x, K k) {  // p += x; returns the new value
+    const Vec y = ld(p, k) + x;
+    st(y, p, k);
+    return y;
+  }
+};
+
+template <>
+struct Acc<float> {
+  using Vec = at::vec::Vectorized<float>;
+  using Vd = at::vec::Vectorized<double>;
+  static constexpr int64_t kHalf = Vd::size();
+  static_assert(Vec::size() == 2 * Vd::size(), "a float vector holds two double vectors");
+
+  static Vec to_float(const Vd& lo, const Vd& hi) {
+#if defined(CPU_CAPABILITY_AVX512)
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo)), _mm512_cvtpd_ps(hi), 1);
+#elif defined(CPU_CAPABILITY_AVX2)
+    return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+#else
+    double d[2 * kHalf];
+    float f[2 * kHalf];
+    lo.store(d);
+    hi.store(d + kHalf);
+    for (int64_t i = 0; i < 2 * kHalf; ++i) f[i] = static_cast<float>(d[i]);
+    return Vec::loadu(f);
+#endif
+  }
+  static void to_double(const Vec& x, Vd& lo, Vd& hi) {
+#if defined(CPU_CAPABILITY_AVX512)
+    lo = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
+    hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1));
+#elif defined(CPU_CAPABILITY_AVX2)
+    lo = _mm256_cvtps_pd(_mm256_castps256_ps128(x));
+    hi = _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1));
+#else
+    float f[2 * kHalf];
+    double d[2 * kHalf];
+    x.store(f);
+    for (int64_t i = 0; i < 2 * kHalf; ++i) d[i] = f[i];
+    lo = Vd::loadu(d);
+    hi = Vd::loadu(d + kHalf);
+#endif
+  }
+  static Vec load(const double* p, Full) { return to_float(Vd::loadu(p), Vd::loadu(p + kHalf)); }
+  static Vec load(const double* p, int64_t k) {
+    const int64_t k1 = std::min(k, kHalf), k2 = k - k1;
+    return to_float(ld(p, k1), ld(p + kHalf, k2));
+  }
+  static void add(double* p, const Vec& x, Full) {
+    Vd lo, hi;
+    to_double(x, lo, hi);
+    (Vd::loadu(p) + lo).store(p);
+    (Vd::loadu(p + kHalf) + hi).store(p + kHalf);
+  }
+  static void add(double* p, const Vec& x, int64_t k) {
+    const int64_t k1 = std::min(k, kHalf), k2 = k - k1;
+    Vd lo, hi;
+    to_double(x, lo, hi);
+    st(ld(p, k1) + lo, p, k1);
+    st(ld(p + kHalf, k2) + hi, p + kHalf, k2);
+  }
+  // p += x (in float64); returns the new value rounded to float
+  static Vec add_get(double* p, const Vec& x, Full) {
+    Vd lo, hi;
+    to_double(x, lo, hi);
+    lo = Vd::loadu(p) + lo;
+    hi = Vd::loadu(p + kHalf) + hi;
+    lo.store(p);
+    hi.store(p + kHalf);
+    return to_float(lo, hi);
+  }
+  static Vec add_get(double* p, const Vec& x, int64_t k) {
+    const int64_t k1 = std::min(k, kHalf), k2 = k - k1;
+    Vd lo, hi;
+    to_double(x, lo, hi);
+    lo = ld(p, k1) + lo;
+    hi = ld(p + kHalf, k2) + hi;
+    st(lo, p, k1);
+    st(hi, p + kHalf, k2);
+    return to_float(lo, hi);
+  }
+};
+
+// sigmoid for the CPU passes: nade.h's (the CUDA kernel's math) except for float32 vectors in
+// AVX2/AVX-512 builds, where it is 1 / (1 + e^-x) with e^t for t clamped to [-87, 88] (a normal
+// float, so no sign split is needed: x < -87.3 gives 0 or a denormal, x > 87 gives 1), e^t by
+// Cody-Waite reduction t = n ln2 + r (n by the 1.5 * 2^23 rounding trick, whose bits also give
+// 2^n) and Cephes' degree-5 polynomial for e^r (about 1 ulp), and the division by rcp and one
+// Newton step. NaN stays NaN (the clamps pass it through as their second operand). About 20
+// vector instructions where the generic form takes 35: the sigmoid is most of each pass.
+template <typename V>
+inline V sigmoid_cpu(const V& x) { return nade_sigmoid(x); }
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+inline at::vec::Vectorized<float> sigmoid_cpu(const at::vec::Vectorized<float>& x) {
+  using Vf = at::vec::Vectorized<float>;
+  using Vi = at::vec::Vectorized<int32_t>;
+#if defined(CPU_CAPABILITY_AVX512)
+  const Vf t = _mm512_min_ps(Vf(88.f), _mm512_max_ps(Vf(-87.f), Vf(0.f) - x));  // -x; NaN passes
+#else
+  const Vf t = _mm256_min_ps(Vf(88.f), _mm256_max_ps(Vf(-87.f), Vf(0.f) - x));
+#endif
+  const Vf magic(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer, held in the low bits
+  const Vf nm = at::vec::fmadd(t, Vf(1.44269504088896341f), magic);
+  const Vf n = nm - magic;
+  Vf r = at::vec::fmadd(n, Vf(-0.693145751953125f), t);  // ln2 split in two: n * hi is exact
+  r = at::vec::fmadd(n, Vf(-1.428606765330187e-06f), r);
+  Vf p(1.9875691500e-4f);
+  p = at::vec::fmadd(p, r, Vf(1.3981999507e-3f));
+  p = at::vec::fmadd(p, r, Vf(8.3334519073e-3f));
+  p = at::vec::fmadd(p, r, Vf(4.1665795894e-2f));
+  p = at::vec::fmadd(p, r, Vf(1.6666665459e-1f));
+  p = at::vec::fmadd(p, r, Vf(5.0000001201e-1f));
+  const Vf er = at::vec::fmadd(p, r * r, r) + Vf(1.f);
+  const Vi bits = at::vec::cast<int32_t>(nm);  // 0x4B400000 + n, -126 <= n <= 127
+  const Vf scale = at::vec::cast<float>((bits - Vi(0x4B400000 - 127)) << Vi(23));  // 2^n
+  const Vf d = at::vec::fmadd(er, scale, Vf(1.f));  // 1 + e^-x
+#if defined(CPU_CAPABILITY_AVX512)
+  Vf y = _mm512_rcp14_ps(d);  // 14 bits; one Newton step gives about 28
+  y = y * at::vec::fnmadd(d, y, Vf(2.f));
+#else
+  Vf y = _mm256_rcp_ps(d);  // 12 bits: two Newton steps
+  y = y * at::vec::fnmadd(d, y, Vf(2.f));
+  y = y * at::vec::fnmadd(d, y, Vf(2.f));
+#endif
+  return y;
+}
+#endif
+
+}  // namespace nade_vec
+}  // namespace fastgen

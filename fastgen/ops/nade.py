@@ -1,0 +1,121 @@
+"""fastgen.ops.nade: the tied-weight NADE layer in O(N D H) time, never materialising (N, D, H).
+
+Implementations: "reference" (fastgen.reference.nade, the cumsum formula), "cpp"/"cuda" (the
+compiled op fastgen::nade behind the dispatcher) and "triton" (the sibling op
+fastgen::nade_triton). The compiled and Triton ops return, besides the logits, a_last (N, H):
+the last step's pre-activation in float64, from which the backward op (the reverse walk over
+the steps) recovers every earlier one; it skips v's gradient when v needs none. They share one fake kernel and one autograd wiring.
+Double backward is not supported (the backward ops raise if differentiated).
+"""
+import torch
+
+from fastgen import _ext, _impl
+from fastgen.ops._common import check_float, check_like, register_siblings
+from fastgen.reference import nade as _reference
+
+OP = "nade"
+GPU_DEFAULT = "cuda"
+
+
+# --- Triton sibling ops -------------------------------------------------------------------
+@torch.library.custom_op("fastgen::nade_triton", mutates_args=())
+def _nade_triton(v: torch.Tensor, W: torch.Tensor, c: torch.Tensor, V: torch.Tensor,
+                 b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from fastgen.kernels.nade import nade_forward
+
+    return nade_forward(v, W, c, V, b)
+
+
+@torch.library.custom_op("fastgen::nade_backward_triton", mutates_args=())
+def _nade_backward_triton(
+        grad_logits: torch.Tensor, v: torch.Tensor, W: torch.Tensor, V: torch.Tensor, a_last: torch.Tensor,
+        v_requires_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from fastgen.kernels.nade import nade_backward
+
+    return nade_backward(grad_logits, v, W, V, a_last, v_requires_grad)
+
+
+# --- fake kernels (shapes only: torch.compile traces through them) ------------------------
+def _fake(v, W, c, V, b):
+    N, D = v.shape
+    return v.new_empty(N, D, V.shape[1]), v.new_empty(N, W.shape[0], dtype=torch.float64)
+
+
+def _fake_backward(grad_logits, v, W, V, a_last, v_requires_grad):
+    N, D = v.shape
+    H, L = W.shape[0], V.shape[1]
+    return (v.new_empty(N, D), v.new_empty(H, D), v.new_empty(H), v.new_empty(D, L, H), v.new_empty(D, L))
+
+
+# --- autograd -----------------------------------------------------------------------------
+def _setup_context(ctx, inputs, output):
+    v, W, _c, V, _b = inputs
+    _, a_last = output
+    ctx.mark_non_differentiable(a_last)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(v, W, V, a_last)
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_logits, _grad_a_last):
+        if grad_logits is None:
+            return None, None, None, None, None
+        v, W, V, a_last = ctx.saved_tensors
+        grad_v = ctx.needs_input_grad[0]  # a model's inputs need none: the kernel skips its dot products
+        gv, gW, gc, gV, gb = backward_op(grad_logits, v, W, V, a_last, grad_v)
+        return (gv if grad_v else None), gW, gc, gV, gb
+
+    return backward
+
+
+register_siblings(OP, _fake, _fake_backward, _setup_context, _make_backward)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("double backward is not supported by fastgen.nade (its backward is a fused op "
+                       "without a derivative); use fastgen.use_impl('reference') for higher-order gradients")
+
+
+for _name in ["nade_backward_triton"] + (["nade_backward"] if _ext.AVAILABLE else []):
+    torch.library.register_autograd(f"fastgen::{_name}", _no_double_backward,
+                                    setup_context=lambda ctx, inputs, output: None)
+
+
+# --- the public op --------------------------------------------------------------------------
+def check_nade_inputs(v, W, c, V, b, op=OP):
+    """Validate the layer's arguments (shared with the model); returns (N, D, H, L)."""
+    check_float(op, "v", v)
+    if v.dim() != 2:
+        raise ValueError(f"fastgen.{op}: v must be (N, D) inputs in step order; got shape {tuple(v.shape)}")
+    N, D = v.shape
+    check_like(op, "v", v, "W", W, same_shape=False)
+    if W.dim() != 2 or W.shape[1] != D:
+        raise ValueError(f"fastgen.{op}: W must have shape (H, D) with D = {D} (v's steps); got {tuple(W.shape)}")
+    H = W.shape[0]
+    check_like(op, "v", v, "c", c, same_shape=False)
+    if tuple(c.shape) != (H,):
+        raise ValueError(f"fastgen.{op}: c must have shape (H,) = ({H},); got {tuple(c.shape)}")
+    check_like(op, "v", v, "V", V, same_shape=False)
+    if V.dim() != 3 or V.shape[0] != D or V.shape[2] != H:
+        raise ValueError(f"fastgen.{op}: V must have shape (D, L, H) = ({D}, L, {H}); got {tuple(V.shape)}")
+    L = V.shape[1]
+    check_like(op, "v", v, "b", b, same_shape=False)
+    if tuple(b.shape) != (D, L):
+        raise ValueError(f"fastgen.{op}: b must have shape (D, L) = ({D}, {L}); got {tuple(b.shape)}")
+    return N, D, H, L
+
+
+def nade(v, W, c, V, b):
+    """NADE layer: v (N, D) inputs in step order, W (H, D), c (H,), V (D, L, H), b (D, L)
+    -> logits (N, D, L).
+
+    a_0 = c, a_t = c + sum_{s<t} W[:, s] v_s, h_t = sigmoid(a_t), logits[:, t, l] = V[t, l] . h_t
+    + b[t, l]: the conditional logits of step t given the earlier steps (L = 1: a Bernoulli
+    logit; L = K: K-level categorical). Differentiable in all five arguments."""
+    check_nade_inputs(v, W, c, V, b)
+    impl = _impl.select(OP, v.device, GPU_DEFAULT)
+    if impl == "reference":
+        return _reference.nade(v, W, c, V, b)
+    if impl == "triton":
+        return torch.ops.fastgen.nade_triton(v, W, c, V, b)[0]
+    return torch.ops.fastgen.nade(v, W, c, V, b)[0]
