@@ -209,7 +209,7 @@ def _bench_model(name, quick, repeats, compile=True):
     phases = [("train step", "train")] + ([] if name == "dcgan" else [("eval log_prob", "eval")])
     for label, phase in phases:
         fns = {k: (lambda p=p, phase=phase: getattr(p, phase)(x)) for k, p in provs.items()}
-        times = time_interleaved(fns, repeats=repeats, min_time=0.05 if quick else 0.2)
+        times = time_interleaved(fns, repeats=repeats, min_time=0.01 if quick else 0.2)
         ours, base = times["fastgen"], times["reference ops"]
         for prov in PROVIDERS:
             if prov not in times:
@@ -234,7 +234,7 @@ def _bench_model(name, quick, repeats, compile=True):
 
 
 def run(quick=False, models=None, compile=True):
-    repeats = 2 if quick else 3
+    repeats = 1 if quick else 3
     env = cpu_info()
     print(f"bench_models: {env}")
     rows = []
