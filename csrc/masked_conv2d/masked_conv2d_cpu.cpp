@@ -41,6 +41,7 @@
 #include <omp.h>
 #endif
 
+#include "fastgen_gemm.h"
 #include "masked_conv2d/masked_conv2d_cpu_shift.h"
 #include "masked_conv2d/masked_conv2d_host.h"
 
@@ -206,6 +207,49 @@ void fill_channels(at::Tensor& t, const std::optional<at::Tensor>& value) {
   });
 }
 
+// 1x1 kernels (a PixelCNN's reduce, expand and head layers, about half its FLOPs): with
+// channels-last activations the convolution is one GEMM on the (N*H*W, C) matrix the tensor
+// already is, y = x Wc^T + b, and its backward two more, dx = dy Wc and dWc = dy^T x (masked
+// pairs scattered to zero), db = column sums of dy: no shifted copies, no chunking, and the weight
+// gradient on a GEMM instead of oneDNN's convolution backward. Whole-batch GEMMs thread inside
+// the engine. float32 / float64 only (bf16 keeps the chunked path and its float accumulation).
+bool use_1x1_gemm(const MaskedConvArgs& a, const at::Tensor& x, at::ScalarType dt) {
+  return a.kh == 1 && a.kw == 1 && a.ncols == 1 && dt == x.scalar_type() && a.n * a.h * a.w > 0;
+}
+
+// (N, C, H, W) channels-last tensor -> its (N*H*W, C) matrix (a view; copies only when x is not
+// channels-last dense already)
+at::Tensor pixel_matrix(const at::Tensor& t) {
+  return t.contiguous(kNHWC).permute({0, 2, 3, 1}).reshape({-1, t.size(1)});
+}
+
+at::Tensor matrix_to_nhwc(const at::Tensor& m, const MaskedConvArgs& a, int64_t c) {
+  return m.view({a.n, a.h, a.w, c}).permute({0, 3, 1, 2});
+}
+
+at::Tensor conv1x1_forward(const at::Tensor& x, const Kernels& k, const std::optional<at::Tensor>& b,
+                           const MaskedConvArgs& a) {
+  auto wc = k.centre.reshape({a.cout, a.cin}).contiguous();
+  return matrix_to_nhwc(linear_nt(pixel_matrix(x), wc, b), a, a.cout);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward(const at::Tensor& grad_y, const at::Tensor& x,
+                                                                const at::Tensor& weight, const MaskedConvArgs& a,
+                                                                bool x_grad, bool weight_grad, bool bias_grad) {
+  auto gy = pixel_matrix(grad_y);
+  at::Tensor gx = x.new_empty({0}), gw = weight.new_empty({0}), gb = weight.new_empty({0});
+  if (x_grad) {
+    auto kf = kept_kernels(weight, a, x.scalar_type(), true);  // (Cin, Cout): Wc^T, masked
+    gx = matrix_to_nhwc(linear_nt(gy, kf.centre.reshape({a.cin, a.cout}).contiguous()), a, a.cin);
+  }
+  if (weight_grad) {
+    auto gc = at::mm(gy.t(), pixel_matrix(x)).view({a.cout, a.cin, 1, 1});
+    gw = scatter_weight_grad(at::Tensor(), gc, a, weight.options()).to(weight.scalar_type());
+  }
+  if (bias_grad) gb = gy.sum(0).to(weight.scalar_type());
+  return {gx, gw, gb};
+}
+
 std::vector<Shift> forward_shifts(const MaskedConvArgs& a, bool top, bool centre) {
   std::vector<Shift> s;
   if (top) s.push_back({-a.ch, -a.cw, a.ch, a.kw});
@@ -227,6 +271,7 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   if (bias.has_value()) b = bias->to(dt).contiguous();
   const bool top = a.ch > 0, centre = a.ncols > 0;
   auto k = kept_kernels(weight, a, dt, false);
+  if (use_1x1_gemm(a, x, dt)) return conv1x1_forward(x, k, b, a);
   auto y = at::empty({a.n, a.cout, a.h, a.w}, x.options().dtype(dt).memory_format(kNHWC));
   const auto shifts = forward_shifts(a, top, centre);
   for_each_chunk(make_chunks(a.n, a.h, a.w), [&](const Chunk& ch, int) {
@@ -245,6 +290,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
   auto a = check_masked_conv_backward(grad_y, x, weight, std::string(mask_type), data_channels);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto dt = acc_type(x);
+  if (use_1x1_gemm(a, x, dt)) return conv1x1_backward(grad_y, x, weight, a, x_grad, weight_grad, bias_grad);
   const auto opts = x.options().dtype(dt);
   const bool top = a.ch > 0, centre = a.ncols > 0, wg = weight_grad && (top || centre) && a.n * a.h * a.w > 0;
   // grad_y's copies: for the input gradient, and itself (for the weight and bias gradients)

@@ -147,12 +147,21 @@ def _progress(info, enabled, total, desc):
     return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
+def _adam(params, **kw):
+    """Adam with the fused kernel (one pass over parameters, gradients and both moments) where
+    torch has it: on the CPU the default for-loop Adam makes about seven passes, which for MADE's
+    12.5M weights took longer than the forward and backward of its masked layers."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, fused=fused or None, **kw)
+
+
 def _optimizers(model, family, lr):
     if family == "gan":
         betas = (0.5, 0.999)  # the DCGAN paper's Adam setting
-        return {"d": torch.optim.Adam(model.discriminator.parameters(), lr=lr, betas=betas),
-                "g": torch.optim.Adam(model.generator.parameters(), lr=lr, betas=betas)}
-    return {"model": torch.optim.Adam(model.parameters(), lr=lr)}
+        return {"d": _adam(model.discriminator.parameters(), lr=lr, betas=betas),
+                "g": _adam(model.generator.parameters(), lr=lr, betas=betas)}
+    return {"model": _adam(model.parameters(), lr=lr)}
 
 
 def train(cfg):

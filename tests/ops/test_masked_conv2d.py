@@ -23,6 +23,8 @@ CASES = [
     (1, 2, 3, 3, 3, 1, 1, "A", 1),  # every tap masked: y = bias
     (1, 3, 2, 3, 3, 1, 5, "A", 3),
     (1, 2, 4, 2, 2, 7, 1, "B", 2),
+    (2, 6, 3, 4, 9, 1, 1, "A", 3),  # 1x1 (the GEMM path on CPU) with colour groups
+    (1, 6, 2, 5, 6, 1, 1, "B", 3),
 ]
 
 
