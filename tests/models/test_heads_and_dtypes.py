@@ -76,3 +76,14 @@ def test_empty_batches(name):
     assert model.sample(0).shape == (0,) + SHAPE
     assert model.sample(0, fast=False).shape == (0,) + SHAPE
     assert model.log_prob(torch.zeros((0,) + SHAPE)).shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_vae_and_dcgan_sample_in_the_model_dtype(dtype):
+    from fastgen.models import DCGAN, VAE
+
+    for model in (VAE(SHAPE, latent_dim=2, hidden=8), DCGAN(SHAPE, latent_dim=4, width=4)):
+        model = model.to(dtype)
+        s = model.sample(3, generator=torch.Generator().manual_seed(0))
+        assert s.dtype == dtype and s.shape == (3,) + SHAPE and torch.isfinite(s.float()).all()
+        assert model.sample(0).shape == (0,) + SHAPE
