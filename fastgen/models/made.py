@@ -52,6 +52,7 @@ class MADE(AutoregressiveModel):
         self._cache = {}
         self.mask_index = 0
         self.set_mask(0)
+        self.register_load_state_dict_post_hook(_follow_loaded_masks)
 
     # --- masks ------------------------------------------------------------------------------
     def _build_masks(self, index):
@@ -86,6 +87,14 @@ class MADE(AutoregressiveModel):
         for layer, m, lay in zip(list(self.hidden) + [self.output], masks, layouts):
             layer.set_mask(m, layout=lay)
         self.order, self.degrees, self.mask_index = order, degrees, index
+
+    def _mask_set_index(self, masks):
+        """The index of the mask set whose masks equal `masks` (one per layer), or None."""
+        for index in [self.mask_index] + [i for i in range(self.num_masks) if i != self.mask_index]:
+            built = self._cache[index][2] if index in self._cache else self._build_masks(index)[2]
+            if all(torch.equal(b.to(m.device), m.bool()) for b, m in zip(built, masks)):
+                return index
+        return None
 
     def next_mask(self):
         """Connectivity-agnostic training: move to the next mask set (cyclically)."""
@@ -154,3 +163,16 @@ class MADE(AutoregressiveModel):
             if start < act1.shape[1]:
                 act1[:, start:].addr_(flat_x[:, d] / (self.num_levels - 1), weights[0][start:, d])
         return x
+
+
+def _follow_loaded_masks(model, incompatible_keys):
+    """After load_state_dict: the masks are buffers and arrive with the state, the ordering and
+    degrees (plain attributes the samplers and ensembles read) follow them here, so a model
+    saved on mask set i is back on mask set i. Masks that are none of this MADE's mask sets
+    (another seed, ordering or num_masks) are refused rather than sampled from wrongly."""
+    index = model._mask_set_index([layer.mask for layer in list(model.hidden) + [model.output]])
+    if index is None:
+        raise ValueError("MADE.load_state_dict: the loaded masks are none of this model's "
+                         f"{model.num_masks} mask set(s); build the MADE with the seed, ordering "
+                         "and num_masks it was saved with")
+    model.set_mask(index)
