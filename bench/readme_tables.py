@@ -84,7 +84,7 @@ def models():
             for r in res["rows"]]
     head = f"({_where(res.get('environment'))})"
     if res.get("partial"):
-        head += (f"\n\n**A partial run, not a measurement of the floors**: {res.get('how', '')}; "
+        head += (f"\n\n**A partial run**: {res.get('how', '')}; "
                  f"missing: {', '.join(res.get('missing_models', []))}.")
     return head + "\n\n" + _table(["model, case", "provider", "ms", "vs reference-op model", "note"], rows)
 
