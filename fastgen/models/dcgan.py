@@ -15,8 +15,8 @@ from torch import nn
 import fastgen.ops as ops
 from fastgen.models.base import ceil_div
 
-G_KINDS = ("minimax", "nonsaturating", "hinge")
-D_KINDS = ("bce", "hinge")
+G_KINDS = ops.gan_loss.GENERATOR_KINDS       # the kinds table of fastgen.reference.gan_loss
+D_KINDS = ops.gan_loss.DISCRIMINATOR_KINDS
 
 
 class Generator(nn.Module):

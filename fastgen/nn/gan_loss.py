@@ -1,14 +1,8 @@
 """GANLoss: the discriminator and generator losses of one GAN formulation, on the fused ops."""
 from torch import nn
 
+from fastgen.ops.gan_loss import FORMULATIONS as KINDS  # formulation -> (D kind, G kind)
 from fastgen.ops.gan_loss import discriminator_loss, generator_loss
-
-# formulation -> (discriminator kind, generator kind)
-KINDS = {
-    "minimax": ("bce", "minimax"),              # Goodfellow et al. 2014, as written
-    "nonsaturating": ("bce", "nonsaturating"),  # the same D, the G loss used in practice
-    "hinge": ("hinge", "hinge"),                # SAGAN / BigGAN
-}
 
 
 class GANLoss(nn.Module):

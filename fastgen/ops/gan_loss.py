@@ -15,7 +15,7 @@ import torch
 from fastgen import _ext, _impl
 from fastgen.ops._common import check_float, check_like
 from fastgen.reference import gan_loss as _reference
-from fastgen.reference.gan_loss import DISCRIMINATOR_KINDS, GENERATOR_KINDS
+from fastgen.reference.gan_loss import DISCRIMINATOR_KINDS, FORMULATIONS, GENERATOR_KINDS  # noqa: F401
 
 GPU_DEFAULT = "cuda"
 

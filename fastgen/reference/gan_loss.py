@@ -19,6 +19,12 @@ import torch.nn.functional as F
 
 DISCRIMINATOR_KINDS = ("bce", "hinge")
 GENERATOR_KINDS = ("minimax", "nonsaturating", "hinge")
+# GAN formulation -> (discriminator kind, generator kind): the one table of GAN kinds
+FORMULATIONS = {
+    "minimax": ("bce", "minimax"),              # Goodfellow et al. 2014, as written
+    "nonsaturating": ("bce", "nonsaturating"),  # the same D, the G loss used in practice
+    "hinge": ("hinge", "hinge"),                # SAGAN / BigGAN
+}
 
 
 def _softplus(x):

@@ -375,3 +375,23 @@ def test_gpu_large_grid_stride_and_two_stage_reduction(impl_name):
     torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=0)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.skipif(not _ext.AVAILABLE, reason="the compiled extension is not built")
+def test_compiled_kinds_table_agrees_with_the_python_table():
+    """The C++ kernels keep their own (kind -> terms) table; it must accept exactly the kinds
+    of fastgen.reference.gan_loss and compute each of them as the reference does."""
+    x = torch.linspace(-3, 3, 7)
+    for kind in reference.DISCRIMINATOR_KINDS:
+        out = torch.ops.fastgen.discriminator_loss(x, -x, kind, False, False)[0]
+        torch.testing.assert_close(out, reference.discriminator_loss(x, -x, kind))
+    for kind in reference.GENERATOR_KINDS:
+        out = torch.ops.fastgen.generator_loss(x, kind, False)[0]
+        torch.testing.assert_close(out, reference.generator_loss(x, kind))
+    with pytest.raises(Exception, match="kind"):
+        torch.ops.fastgen.discriminator_loss(x, x, "wasserstein", False, False)
+    with pytest.raises(Exception, match="kind"):
+        torch.ops.fastgen.generator_loss(x, "wasserstein", False)
+    for formulation, (d_kind, g_kind) in reference.FORMULATIONS.items():
+        assert d_kind in reference.DISCRIMINATOR_KINDS and g_kind in reference.GENERATOR_KINDS
+        assert GANLoss(formulation).discriminator_kind == d_kind
