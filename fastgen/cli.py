@@ -62,7 +62,7 @@ def build_parser():
     t = sub.add_parser("train", help="train a model", description=f"models: {', '.join(MODELS)} "
                        "(or package.module:ClassName)")
     t.add_argument("model", help="model name, or package.module:ClassName (a subclass of fastgen's model bases)")
-    t.add_argument("--data", help="digits (default) | mnist5k | a path (IDX, .npz, image folder)")
+    t.add_argument("--data", help="digits (default) | mnist | mnist5k | a path (IDX, .npz, image folder)")
     t.add_argument("--out", required=True, help="run folder (checkpoint.pt, history.json)")
     t.add_argument("--epochs", type=_positive_int, help="total epochs (default: per model)")
     t.add_argument("--batch-size", type=_positive_int, help="global minibatch size")
