@@ -17,11 +17,14 @@ import torch
 import triton
 import triton.language as tl
 
+from fastgen.kernels._common import div, exp, on_device
+
 
 @triton.jit
 def _sigmoid(x):
-    e = tl.exp(-tl.abs(x))
-    r = 1.0 / (1.0 + e)
+    # exp and div from _common: precise (libdevice, div_rn) when compiled for a GPU
+    e = exp(-tl.abs(x))
+    r = div(1.0, 1.0 + e)
     return tl.where(x >= 0, r, e * r)
 
 
@@ -97,6 +100,7 @@ def _prepare(v, W, V):
     return acc, v.to(acc).contiguous(), W.to(acc).t().contiguous(), V.to(acc).contiguous()
 
 
+@on_device
 def nade_forward(v, W, c, V, b):
     """v (N, D), W (H, D), c (H,), V (D, L, H), b (D, L) -> logits (N, D, L), a_last (N, H) float64."""
     N, D = v.shape
@@ -115,6 +119,7 @@ def nade_forward(v, W, c, V, b):
     return out.to(v.dtype), a_last
 
 
+@on_device
 def nade_backward(grad_logits, v, W, V, a_last, grad_v=True):
     """-> grad_v (N, D) (zeros unless grad_v), grad_W (H, D), grad_c (H,), grad_V (D, L, H), grad_b (D, L)."""
     N, D = v.shape
