@@ -25,10 +25,11 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from bench.gan_toy import run_toy  # noqa: E402
 from fastgen import data as fdata  # noqa: E402
-from fastgen.models.gan_toy import run_toy  # noqa: E402
 from fastgen.train import evaluate  # noqa: E402
-from fastgen.train.loop import TrainConfig, load_split, train  # noqa: E402
+from fastgen.train.families import VAEFamily  # noqa: E402
+from fastgen.train.loop import TrainConfig, train  # noqa: E402
 from fastgen.train.registry import MODELS, ModelError, model_class  # noqa: E402
 
 ORDER = ["independent-bernoulli", "markov-chain", "fvsbn", ("nade", "made"), ("pixelcnn", "gated-pixelcnn",
@@ -76,13 +77,13 @@ def nll_rows(names, workdir, quick, samples_dir=None):
             with torch.no_grad():
                 grid = model.sample(64, generator=torch.Generator().manual_seed(0))
             write_png(os.path.join(samples_dir, f"{name}.png"), image_grid(grid, nrow=8, scale=4))
-        if family == "gan":
+        if not family.has_likelihood:  # a GAN
             models[name] = (model, family)
             gan_rows.append(row)
             continue
         nll = evaluate.nll(model, family, x_test, k=k, seed=0)
         row.update(nll_nats=float(nll.mean()), bits_per_dim=evaluate.bits_per_dim(float(nll.mean()), 64))
-        if family == "vae":
+        if family is VAEFamily:
             gen = torch.Generator().manual_seed(0)
             with torch.no_grad():  # the ELBO averaged over 10 draws per image (less noise, same bound)
                 elbo = torch.stack([model.elbo(x_test, generator=gen) for _ in range(10)]).mean(0)
@@ -131,11 +132,11 @@ def anomaly_rows(names, workdir, quick):
 
 def probe_rows(models):
     data_cfg = {"name": "digits", "binarize": "threshold", "levels": None, "classes": None, "seed": 0, "limit": None}
-    xa, ya = load_split(data_cfg, "train")
-    xb, yb = load_split(data_cfg, "test")
+    xa, ya = fdata.load_split(data_cfg, "train")
+    xb, yb = fdata.load_split(data_cfg, "test")
     rows = [{"features": "raw pixels (64)", "accuracy": evaluate.linear_probe(xa.flatten(1), ya, xb.flatten(1), yb)}]
     for name, (model, family) in models.items():
-        if family in ("vae", "gan"):
+        if family.feature_fn(model) is not None:  # the VAE and the DCGAN
             fa, fb = evaluate.features(model, family, xa), evaluate.features(model, family, xb)
             rows.append({"features": f"{name} ({fa.shape[1]})", "accuracy": evaluate.linear_probe(fa, ya, fb, yb)})
     return rows

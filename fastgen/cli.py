@@ -52,7 +52,7 @@ MODEL_HELP = ("for a run of your own class: its package.module:ClassName again (
 
 
 def build_parser():
-    from fastgen.train.loop import BINARIZE_CHOICES
+    from fastgen.data import BINARIZE_CHOICES
     from fastgen.train.registry import MODELS
 
     p = argparse.ArgumentParser(prog="fastgen", description="Deep generative models: train, sample, score.")
@@ -145,14 +145,13 @@ def _data_for(payload, name):
 def cmd_sample(args):
     import torch
 
+    from fastgen.data import num_levels
     from fastgen.train.evaluate import load_trained
     from fastgen.train.images import image_grid, write_png
-    from fastgen.train.loop import num_levels
 
     model, payload, spec = load_trained(args.run, weights=args.weights, model=args.model)
     gen = torch.Generator().manual_seed(args.seed)
-    kwargs = {"mean": True} if (args.mean and spec.family == "vae") else {}
-    x = model.sample(args.n, generator=gen, **kwargs)
+    x = model.sample(args.n, generator=gen, **spec.family.sample_kwargs(mean=args.mean))
     k = num_levels(payload["data"])
     if k:
         x = x / (k - 1)
@@ -170,22 +169,19 @@ def _dumps(obj):
 def cmd_score(args):
     import torch
 
-    from fastgen.data import DataError, parse_classes
+    from fastgen.data import DataError, check_shape, load_split, parse_classes
     from fastgen.train.evaluate import auroc, bits_per_dim, load_trained, nll
-    from fastgen.train.loop import load_split
 
     model, payload, spec = load_trained(args.run, weights=args.weights, model=args.model)
     data_cfg = _data_for(payload, args.data)
     anomaly = parse_classes(args.anomaly_classes)
     x, y = load_split(data_cfg, args.split, classes=None if anomaly is not None else "config")
-    if tuple(x.shape[1:]) != tuple(model.input_shape):
-        raise DataError(f"data shape {tuple(x.shape[1:])} does not match the model's input_shape "
-                        f"{tuple(model.input_shape)}")
+    check_shape(x, model.input_shape)
     scores = nll(model, spec.family, x, k=args.k, seed=args.seed)
     d = x[0].numel()
     # A Gaussian VAE's -log p is a density of grey values: not comparable with the discrete NLLs
     # (probabilities of pixel levels) of every other model, so it has its own key names.
-    density = spec.family == "vae" and getattr(model, "decoder", None) == "gaussian"
+    density = spec.family.is_density(model)
     nll_key, bpd_key = ("neg_log_density_nats", "neg_log_density_bits_per_dim") if density else ("nll_nats", "bits_per_dim")
     out = {"model": spec.name, "data": data_cfg["name"], "split": args.split,
            "units": {nll_key: "nats per example (mean)", bpd_key: "bits per dimension (mean)",
@@ -206,8 +202,7 @@ def cmd_score(args):
                     f"{bpd_key}_in": bits_per_dim(m_in, d), f"{bpd_key}_out": bits_per_dim(m_out, d),
                     "out_classes": anomaly, "auroc": auroc(s_in, s_out)})
         out["units"]["auroc"] = "P(NLL of an out-class example > NLL of an in-class one)"
-    if spec.family == "vae":
-        out["vae_bound"] = f"iwae k={args.k or model.iwae_k}"
+    out.update(spec.family.score_notes(model, args.k))
     print(_dumps(out))
     return 0
 
@@ -215,8 +210,8 @@ def cmd_score(args):
 def cmd_features(args):
     import numpy as np
 
+    from fastgen.data import load_split
     from fastgen.train.evaluate import features, linear_probe, load_trained
-    from fastgen.train.loop import load_split
 
     model, payload, spec = load_trained(args.run, weights=args.weights, model=args.model)
     data_cfg = _data_for(payload, args.data)

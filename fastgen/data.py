@@ -377,3 +377,36 @@ def load(name="digits", split="train", binarize=False, seed=0, levels=None, clas
     elif levels is not None:
         x = quantize(x, levels)
     return x.contiguous(), y
+
+
+# --- a run's data (the "data" dict a checkpoint stores) ------------------------------------------
+BINARIZE_CHOICES = ("threshold", "stochastic", "dynamic", "none")  # --binarize of a training run
+
+
+def num_levels(data_cfg):
+    """Pixel levels of a run's data: 2 when binarised, K with --levels, None for grey values."""
+    return 2 if data_cfg["binarize"] != "none" else data_cfg["levels"]
+
+
+def load_split(data_cfg, split, classes="config"):
+    """Images, labels of a split under a run's data config. Dynamic binarisation: grey training
+    images (binarised per epoch by the training loop), a fixed stochastic draw for val/test."""
+    b = data_cfg["binarize"]
+    if b == "dynamic":
+        b = False if split == "train" else "stochastic"
+    elif b == "none":
+        b = False
+    x, y = load(data_cfg["name"], split, binarize=b, seed=data_cfg["seed"], levels=data_cfg["levels"],
+                classes=data_cfg["classes"] if classes == "config" else classes)
+    if split == "train" and data_cfg.get("limit"):
+        x, y = x[:data_cfg["limit"]], y[:data_cfg["limit"]]
+    if len(x) == 0:
+        raise DataError(f"{data_cfg['name']}: the {split} split is empty (classes={data_cfg['classes']})")
+    return x, y
+
+
+def check_shape(x, input_shape):
+    """Refuse images x (N, C, H, W) whose (C, H, W) is not a model's input_shape."""
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise DataError(f"data shape {tuple(x.shape[1:])} does not match the model's input_shape "
+                        f"{tuple(input_shape)}")

@@ -5,18 +5,19 @@ transposed convolutions with batch norm -> crop to (C, H, W) -> sigmoid: images 
 Discriminator: two stride-2 convolutions with LeakyReLU(0.2) (no batch norm, so a real and a fake
 batch can share one forward pass and D's output for an example does not depend on its batch) ->
 linear -> one logit per image.
-Training (train_step): D and G updated in turn each minibatch with fastgen's fused losses:
-  D: fastgen.ops.discriminator_loss(real_logits, fake_logits, d_kind)   (d_kind "bce" | "hinge")
-  G: fastgen.ops.generator_loss(fake_logits, g_kind)                      ("minimax" | "nonsaturating" | "hinge")
+Training (train_step): D and G updated in turn each minibatch with the fused losses of
+fastgen.nn.GANLoss(g_kind, discriminator_kind=d_kind):
+  g_kind  the formulation, named by its generator loss ("minimax" | "nonsaturating" | "hinge")
+  d_kind  the discriminator loss ("bce" | "hinge"; default: the formulation's)
 """
 import torch
 from torch import nn
 
-import fastgen.ops as ops
 from fastgen.models.base import ceil_div
+from fastgen.nn.gan_loss import DISCRIMINATOR_KINDS as D_KINDS  # the kinds table of fastgen.reference.gan_loss
+from fastgen.nn.gan_loss import KINDS, GANLoss
 
-G_KINDS = ops.gan_loss.GENERATOR_KINDS       # the kinds table of fastgen.reference.gan_loss
-D_KINDS = ops.gan_loss.DISCRIMINATOR_KINDS
+G_KINDS = tuple(KINDS)  # the GAN formulations, each named by its generator loss
 
 
 class Generator(nn.Module):
@@ -65,13 +66,13 @@ class DCGAN(nn.Module):
         for name, v in (("latent_dim", latent_dim), ("width", width)):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name} must be a positive int; got {v!r}")
-        d_kind = d_kind or ("hinge" if g_kind == "hinge" else "bce")
         if g_kind not in G_KINDS:
             raise ValueError(f"g_kind must be one of {', '.join(G_KINDS)}; got {g_kind!r}")
-        if d_kind not in D_KINDS:
+        if d_kind and d_kind not in D_KINDS:
             raise ValueError(f"d_kind must be one of {', '.join(D_KINDS)}; got {d_kind!r}")
+        self.gan_loss = GANLoss(g_kind, discriminator_kind=d_kind or None)  # no parameters or buffers
         self.input_shape, self.latent_dim = tuple(input_shape), latent_dim
-        self.g_kind, self.d_kind = g_kind, d_kind
+        self.g_kind, self.d_kind = g_kind, self.gan_loss.discriminator_kind
         self.generator = Generator(self.input_shape, latent_dim, width)
         self.discriminator = Discriminator(self.input_shape, width)
 
@@ -116,12 +117,12 @@ class DCGAN(nn.Module):
         with torch.no_grad():
             fake = g_net(self.noise(n, generator))
         logits = d_net(torch.cat([real, fake]))
-        d_loss = ops.discriminator_loss(logits[:n], logits[n:], self.d_kind)
+        d_loss = self.gan_loss.discriminator(logits[:n], logits[n:])
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
         # G step: gradients also reach D's parameters; they are cleared before D's next step.
-        g_loss = ops.generator_loss(d_net(g_net(self.noise(n, generator))), self.g_kind)
+        g_loss = self.gan_loss.generator(d_net(g_net(self.noise(n, generator))))
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()

@@ -3,8 +3,9 @@ import math
 
 import torch
 
+from fastgen.data import num_levels
 from fastgen.train.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
-from fastgen.train.loop import num_levels
+from fastgen.train.families import get_family
 from fastgen.train.registry import ModelError, build_model, resolve_spec
 
 
@@ -42,15 +43,16 @@ def load_trained(path, device="cpu", weights="best", model=None):
 
 @torch.no_grad()
 def nll(model, family, x, batch=128, k=None, seed=0):
-    """Per-example negative log-likelihood in nats (N,). AR: exact; VAE: -IWAE_k (k=None: the
-    model's default) with a seeded generator, so scores are reproducible."""
-    if family == "gan":
-        raise ModelError("a GAN has no likelihood: score needs an autoregressive model or a VAE")
+    """Per-example negative log-likelihood in nats (N,). family: a fastgen.train.families class or
+    its name. AR: exact; VAE: -IWAE_k (k=None: the model's default) with a seeded generator, so
+    scores are reproducible."""
+    family = get_family(family)
+    if not family.has_likelihood:
+        raise ModelError(f"a {family.title} has no likelihood: score needs an autoregressive model or a VAE")
     out = []
     gen = torch.Generator(device=x.device).manual_seed(seed)
     for i in range(0, len(x), batch):
-        xb = x[i:i + batch]
-        out.append(-(model.log_prob(xb, k=k, generator=gen) if family == "vae" else model.log_prob(xb)))
+        out.append(family.nll(model, x[i:i + batch], k=k, generator=gen))
     scores = torch.cat(out) if out else x.new_zeros(0)
     bad = int((~torch.isfinite(scores)).sum())
     if bad:
@@ -81,11 +83,8 @@ def auroc(scores_neg, scores_pos):
 @torch.no_grad()
 def features(model, family, x, batch=256):
     """(N, F) features: a VAE's posterior mean, a DCGAN discriminator's last hidden layer."""
-    if family == "vae":
-        fn = model.encode
-    elif hasattr(model, "features"):
-        fn = model.features
-    else:
+    fn = get_family(family).feature_fn(model)
+    if fn is None:
         raise ModelError("this model has no feature extractor: features needs a VAE or a DCGAN")
     return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
 

@@ -1,19 +1,19 @@
-"""The model registry of the CLI and the training loops: name -> class in fastgen.models.
+"""The model registry of the CLI and the training loops: name -> class in fastgen.models, and the
+model's family (fastgen.train.families: how it trains and scores).
 
 Classes are imported lazily by name, so a build without some model still trains the others and
-says clearly which one is missing. Families:
-  "ar"   autoregressive: exact log_prob(x) (N,) nats; trained on -log_prob
-  "vae"  elbo(x, generator) / log_prob(x, k) (IWAE) / encode(x); trained on -elbo
-  "gan"  train_step(real, opt_d, opt_g, ...) / sample(n) / features(x); no likelihood
+says clearly which one is missing.
 
 Trust: a checkpoint is data, never code. A model name read from a checkpoint must be a registry
 name (`get_spec`); nothing named in a file is ever imported. A user's own class
 ("package.module:ClassName") is imported only when the user typed it on the command line
-(`user_spec`), and only a subclass of fastgen's model bases (AutoregressiveModel, VAE, DCGAN) is
+(`user_spec`), and only a subclass of a family's model base (AutoregressiveModel, VAE, DCGAN) is
 instantiated; a checkpoint of such a run is loaded only when the user passes that same name again.
 """
 import importlib
 from dataclasses import dataclass, field
+
+from fastgen.train.families import FAMILIES, get_family
 
 
 class ModelError(ValueError):
@@ -24,7 +24,7 @@ class ModelError(ValueError):
 class ModelSpec:
     name: str
     class_name: str
-    family: str                    # "ar" | "vae" | "gan"
+    family: type                   # a class of fastgen.train.families (or its name in FAMILIES)
     kwargs: dict = field(default_factory=dict)  # defaults, overridable with --set key=value
     module: str = "fastgen.models"
     epochs: int = 30               # defaults sized for digits on a 2-core CPU (minutes); the
@@ -33,6 +33,9 @@ class ModelSpec:
     batch_size: int = 64
     lr: float = 1e-3
     fixed: tuple = ()              # kwargs that define the registry name (--set may not change them)
+
+    def __post_init__(self):
+        object.__setattr__(self, "family", get_family(self.family))  # a name: from the fixed table
 
 
 MODELS = {s.name: s for s in [
@@ -79,12 +82,7 @@ def user_spec(name):
     if not module or not class_name.isidentifier():
         raise ModelError(f"model {name!r}: expected package.module:ClassName")
     cls = _import(module, class_name, name)
-    from fastgen.models.base import AutoregressiveModel
-    from fastgen.models.dcgan import DCGAN
-    from fastgen.models.vae import VAE
-
-    bases = ((AutoregressiveModel, "ar"), (VAE, "vae"), (DCGAN, "gan"))
-    family = next((f for base, f in bases if isinstance(cls, type) and issubclass(cls, base)), None)
+    family = next((f for f in FAMILIES.values() if isinstance(cls, type) and issubclass(cls, f.model_base())), None)
     if family is None:
         raise ModelError(f"model {name!r} is not a subclass of fastgen.models.AutoregressiveModel, VAE or "
                          "DCGAN; only those are instantiated")
@@ -133,14 +131,7 @@ def build_model(spec, input_shape, num_levels, overrides=None):
     """Instantiate spec's class for data of shape (C, H, W) and `num_levels` levels (None: grey)."""
     overrides = dict(overrides or {})
     kwargs = dict(spec.kwargs)
-    if spec.family == "ar":
-        kwargs["num_levels"] = num_levels or 2
-    elif spec.family == "vae":
-        if "decoder" not in overrides:
-            kwargs["decoder"] = ("gaussian" if num_levels is None else
-                                 "bernoulli" if num_levels == 2 else "categorical")
-        if num_levels is not None and num_levels > 2:
-            kwargs["num_levels"] = num_levels
+    kwargs.update(spec.family.data_kwargs(num_levels, overrides))
     for key in DATA_KWARGS:  # a stored kwargs dict holds the data's value: it must agree
         if key in overrides and key in kwargs and overrides[key] != kwargs[key]:
             raise ModelError(f"model {spec.name!r}: {key}={overrides[key]!r} does not fit data with "

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from fastgen.models import DCGAN
-from fastgen.models.gan_toy import optimal_discriminator, optimal_value, run_toy
+from fastgen.nn import GANLoss
+from bench.gan_toy import optimal_discriminator, optimal_value, run_toy
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 5, 7)])
@@ -89,6 +90,16 @@ def test_defaults_and_bad_arguments():
         m.train_step(torch.rand(2, 1, 7, 8), opt, opt)
     with pytest.raises(TypeError, match="x must be a float tensor"):
         m.features(torch.zeros(2, 1, 8, 8, dtype=torch.long))
+
+
+def test_losses_are_a_gan_loss_module():
+    m = DCGAN((1, 8, 8), width=4, g_kind="nonsaturating", d_kind="hinge")
+    assert isinstance(m.gan_loss, GANLoss)
+    assert (m.gan_loss.discriminator_kind, m.gan_loss.generator_kind) == ("hinge", "nonsaturating") == (m.d_kind, m.g_kind)
+    assert not [k for k in m.state_dict() if "gan_loss" in k]  # checkpoints hold the same keys as before
+    assert GANLoss("hinge").discriminator_kind == "hinge" and GANLoss("minimax", "hinge").discriminator_kind == "hinge"
+    with pytest.raises(ValueError, match="GANLoss: discriminator_kind must be one of 'bce', 'hinge'"):
+        GANLoss("hinge", discriminator_kind="mse")
 
 
 def test_optimal_discriminator_formula():
