@@ -287,6 +287,10 @@ def plain_from(name, model):
             _copy_conv(r, blk.reduce), _copy_conv(cv, blk.conv), _copy_conv(e, blk.expand)
         _copy_conv(p.head1, model.head.conv1), _copy_conv(p.head2, model.head.conv2)
     elif name.startswith("pixelrnn"):
+        # one colour channel: fastgen's gate conv stores its rows colour-major (C, 4, h/C), which
+        # for C = 1 is the plain gate-major (i, f, g, o) layout copied here as is
+        if c != 1:
+            raise ValueError(f"the plain PixelRNN twin has one colour channel; got C={c}")
         hidden = model.input_conv.out_channels
         p = PlainPixelRNN(model.kind, hidden, len(model.lstms))
         _copy_conv(p.input_conv, model.input_conv)
@@ -299,7 +303,7 @@ def plain_from(name, model):
                 _copy(pd.state_to_state.bias, ps.bias)
         for dst, src in zip(p.residuals, model.residuals):
             _copy_conv(dst, src)
-        _copy_conv(p.head1, model.head1), _copy_conv(p.head2, model.head2)
+        _copy_conv(p.head1, model.head.conv1), _copy_conv(p.head2, model.head.conv2)
     elif name == "vae":
         p = PlainVAE(d, model.hidden, model.latent_dim)
         enc = [m for m in model.encoder if isinstance(m, nn.Linear)] + [model.head.proj]

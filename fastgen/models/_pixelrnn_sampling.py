@@ -13,7 +13,7 @@ its bias alone, one step per row); it is reproduced here exactly.
 import torch
 import torch.nn.functional as F
 
-from fastgen.models.base import inverse_cdf
+from fastgen.models.base import inverse_cdf, tap_matrix
 
 
 def _cell(z, c_prev):
@@ -24,8 +24,8 @@ def _cell(z, c_prev):
 
 
 def _mat(conv):
-    """A 1x1 causal conv as (weight^T (in, out), bias)."""
-    return conv.masked_weight()[:, :, 0, 0].t(), conv.bias
+    """A 1x1 masked conv as (weight^T (in, out), bias)."""
+    return tap_matrix(conv.masked_weight()), conv.bias
 
 
 class _Pixel:
@@ -36,9 +36,9 @@ class _Pixel:
         n, C, H, W = x.shape
         self.C, self.W = C, W
         self.xp = F.pad(model.scale(x), (3, 3, 3, 0))  # rows r-3..r, cols w-3..w+3 at [r:r+4, w:w+7]
-        self.in_w = model.input_conv.masked_weight()[:, :, :4, :].reshape(model.input_conv.out_channels, -1).t()
+        self.in_w = tap_matrix(model.input_conv.masked_weight(), rows=4)
         self.in_b = model.input_conv.bias
-        self.h1, self.h2 = _mat(model.head1), _mat(model.head2)
+        self.head = model.head.matrices()
 
     def input_feature(self, r, w):
         patch = self.xp[:, :, r: r + 4, w: w + 7].reshape(self.x.shape[0], -1)
@@ -46,12 +46,10 @@ class _Pixel:
 
     def draw(self, feat, r, w, ch):
         """Logits of channel ch at (r, w) from the last features; writes the drawn level."""
-        hid = torch.addmm(self.h1[1], F.relu(feat), self.h1[0])
-        out = torch.addmm(self.h2[1], F.relu(hid), self.h2[0])
-        logits = out.view(out.shape[0], self.model.num_logits, self.C)[:, :, ch]
         known = self.known[:, ch, r, w]
         if bool(known.all()):
             return
+        logits = self.model.head.at_position(feat, self.head)[:, :, ch]
         step = (r * self.W + w) * self.C + ch
         level = torch.where(known, self.x[:, ch, r, w], inverse_cdf(logits, self.u[:, step]))
         self.x[:, ch, r, w] = level
@@ -67,13 +65,14 @@ def sample_row(model, x, known, u):
     for lstm, res in zip(model.lstms, model.residuals):
         k = lstm.input_to_state.kernel_size[1]
         half = k // 2
-        w_in = lstm.input_to_state.masked_weight()[:, :, 0, : half + 1]  # left taps and centre
+        w_in = tap_matrix(lstm.input_to_state.gate_weight(), cols=half + 1)  # left taps and centre
         hdim = lstm.hidden_channels
         layers.append(dict(
-            half=half, w_in=w_in.reshape(w_in.shape[0], -1).t(), w_ss=lstm.weight_ss, b_ss=lstm.bias,
+            half=half, w_in=w_in, w_ss=lstm.weight_ss, b_ss=lstm.bias,
             res=_mat(res), h_prev=x.new_zeros(n, hdim, W, dtype=dt), c_prev=x.new_zeros(n, hdim, W, dtype=dt),
             h_cur=x.new_zeros(n, hdim, W, dtype=dt), c_cur=x.new_zeros(n, hdim, W, dtype=dt),
-            row=x.new_zeros(n, w_in.shape[1], W + half, dtype=dt)))  # this layer's input, left-padded
+            # this layer's input, left-padded
+            row=x.new_zeros(n, lstm.input_to_state.in_channels, W + half, dtype=dt)))
     for r in range(H):
         for L in layers:
             L["ss"] = F.conv1d(L["h_prev"], L["w_ss"], L["b_ss"], padding=1)  # (n, 4h, W)
@@ -97,7 +96,7 @@ def sample_row(model, x, known, u):
 
 def _direction(lstm, n, H, dt, device):
     """One diagonal direction's weights and its padding states s_0..s_{H-1} ((h,), (h,))."""
-    w_in = lstm.input_to_state.masked_weight()[:, :, 0, 0].t()
+    w_in = tap_matrix(lstm.input_to_state.gate_weight())
     w_above, w_left = lstm.weight_ss[:, :, 0].t(), lstm.weight_ss[:, :, 1].t()
     hdim = lstm.hidden_channels
     h = torch.zeros(1, hdim, dtype=dt, device=device)

@@ -11,6 +11,9 @@ Heads: binary pixels (K = 2) are Bernoulli, L = 1 logit per dimension, p(x_d = 1
 L = K logits. A Bernoulli logit l is the categorical pair (0, l): `as_categorical` says so once,
 and the inverse-CDF draw goes through it, so both heads sample alike.
 
+Conv models (PixelCNN, Gated PixelCNN, PixelRNN) share one head, `MaskedHead`, and one channel
+layout of its output: (C, L), colour c's L logits in one block of channels (`head_logits`).
+
 Sampling draws one uniform per (example, step) up front, in ordering order, and turns it into a
 level by inverse CDF; every sampler reads the same uniforms, so a fast sampler and the naive one
 (a full forward pass per dimension) give the same samples for the same generator.
@@ -23,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastgen.nn.masked_conv2d import MaskedConv2d
+
 
 def num_logits(num_levels):
     """Logits per dimension: 1 (Bernoulli) for binary pixels, else num_levels (categorical)."""
@@ -34,6 +39,49 @@ def as_categorical(logits):
     if logits.shape[1] == 1:
         return torch.cat([torch.zeros_like(logits), logits], dim=1)
     return logits
+
+
+def head_logits(out, data_channels):
+    """A conv head's output (N, C*L, *spatial) -> logits (N, L, C, *spatial); also (n, C*L) at one
+    position -> (n, L, C). Channel c*L + l holds logit l of colour c: each colour's logits are one
+    block of channels, the colour group MaskedConv2d's block grouping gives them (channel i of
+    C*L is in group i*C // (C*L) = i // L): a masked head keeps colour c's logits in group c."""
+    return out.unflatten(1, (data_channels, -1)).transpose(1, 2)
+
+
+def tap_matrix(weight, rows=None, cols=None):
+    """A conv weight's taps [:rows, :cols] (all by default), (Cout, Cin, kh, kw) -> a
+    (Cin * rows * cols, Cout) matrix in the layout of a gathered (n, Cin, rows, cols) patch: one
+    output position of the conv as a GEMM, for the incremental samplers."""
+    w = weight[:, :, :rows, :cols]
+    return w.reshape(w.shape[0], -1).t().contiguous()
+
+
+class MaskedHead(nn.Module):
+    """The output head of the conv models: s (N, in, H, W) -> ReLU -> masked 1x1 -> ReLU ->
+    masked 1x1 to C*L channels -> logits (N, L, C, H, W) (`head_logits`; L = 1: Bernoulli).
+    Both convs are type B over the C colour groups, so colour c's logits keep the causality of the
+    features of group c."""
+
+    def __init__(self, in_channels, head_channels, num_logits, data_channels):
+        super().__init__()
+        self.c = data_channels
+        self.conv1 = MaskedConv2d(in_channels, head_channels, 1, "B", data_channels)
+        self.conv2 = MaskedConv2d(head_channels, num_logits * data_channels, 1, "B", data_channels)
+
+    def forward(self, s):
+        return head_logits(self.conv2(F.relu(self.conv1(F.relu(s)))), self.c)
+
+    def matrices(self):
+        """(w1, b1, w2, b2): the two convs as matrices for `at_position`."""
+        return (tap_matrix(self.conv1.masked_weight()), self.conv1.bias,
+                tap_matrix(self.conv2.masked_weight()), self.conv2.bias)
+
+    def at_position(self, s, mats):
+        """s: (n, in_channels) activations at one position -> (n, L, C) logits."""
+        w1, b1, w2, b2 = mats
+        out = torch.addmm(b2, torch.relu(torch.addmm(b1, torch.relu(s), w1)), w2)
+        return head_logits(out, self.c)
 
 
 def ceil_div(a, b):

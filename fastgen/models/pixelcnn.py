@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastgen.models.base import AutoregressiveModel, inverse_cdf
+from fastgen.models.base import AutoregressiveModel, MaskedHead, inverse_cdf, tap_matrix
 from fastgen.nn.gated_pixelcnn import GatedPixelCNNLayer, gate
 from fastgen.nn.masked_conv2d import MaskedConv2d
 
@@ -24,47 +24,6 @@ from fastgen.nn.masked_conv2d import MaskedConv2d
 def _check_int(name, v, low):
     if not isinstance(v, int) or isinstance(v, bool) or v < low:
         raise ValueError(f"{name} must be an int >= {low}; got {v!r}")
-
-
-def _rows_matrix(conv, rows):
-    """The masked weight's first `rows` kernel rows as a (Cin * rows * kw, Cout) matrix, the
-    layout of a gathered (n, Cin, rows, kw) patch."""
-    w = conv.masked_weight()[:, :, :rows, :]
-    return w.reshape(w.shape[0], -1).t().contiguous()
-
-
-def _left_matrix(conv, cols):
-    """A (1 x k) masked weight's first `cols` columns as a (Cin * cols, Cout) matrix."""
-    w = conv.masked_weight()[:, :, 0, :cols]
-    return w.reshape(w.shape[0], -1).t().contiguous()
-
-
-def _matrix_1x1(conv):
-    return conv.masked_weight()[:, :, 0, 0].t().contiguous()
-
-
-class _Head(nn.Module):
-    """ReLU -> masked 1x1 -> ReLU -> masked 1x1 to L logits per colour channel (L = 1: Bernoulli)."""
-
-    def __init__(self, in_channels, head_channels, num_logits, data_channels):
-        super().__init__()
-        self.k, self.c = num_logits, data_channels
-        self.conv1 = MaskedConv2d(in_channels, head_channels, 1, "B", data_channels)
-        self.conv2 = MaskedConv2d(head_channels, num_logits * data_channels, 1, "B", data_channels)
-
-    def forward(self, s):
-        out = self.conv2(F.relu(self.conv1(F.relu(s))))  # (N, C*L, H, W): channel c's L logits together
-        n, _, h, w = out.shape
-        return out.view(n, self.c, self.k, h, w).transpose(1, 2)
-
-    def matrices(self):
-        return (_matrix_1x1(self.conv1), self.conv1.bias, _matrix_1x1(self.conv2), self.conv2.bias)
-
-    def at_position(self, s, mats):
-        """s: (n, in_channels) activations at one position -> (n, C, L) logits."""
-        w1, b1, w2, b2 = mats
-        out = torch.addmm(b2, torch.relu(torch.addmm(b1, torch.relu(s), w1)), w2)
-        return out.view(-1, self.c, self.k)
 
 
 class _ResidualBlock(nn.Module):
@@ -99,7 +58,7 @@ class PixelCNN(AutoregressiveModel):
         self.conv_in = MaskedConv2d(c, hidden_channels, kernel_size, "A", c)
         self.blocks = nn.ModuleList(_ResidualBlock(hidden_channels, block_kernel_size, c)
                                     for _ in range(num_layers - 1))
-        self.head = _Head(hidden_channels, head_channels, self.num_logits, c)
+        self.head = MaskedHead(hidden_channels, head_channels, self.num_logits, c)
 
     def scale(self, x):
         """Levels 0..K-1 -> [-1, 1] (the network's input)."""
@@ -114,7 +73,7 @@ class PixelCNN(AutoregressiveModel):
     def _sample_fast(self, x, known, u):
         n, c, h, w = x.shape
         k, p = self.conv_in.kernel_size[0], self.conv_in.kernel_size[0] // 2
-        w_in, b_in = _rows_matrix(self.conv_in, p + 1), self.conv_in.bias
+        w_in, b_in = tap_matrix(self.conv_in.masked_weight(), rows=p + 1), self.conv_in.bias
         xs = x.new_zeros(n, c, h + 2 * p, w + 2 * p)  # scaled input, zero padded
         xs[:, :, p:p + h, p:p + w] = self.scale(x)
         blocks = []
@@ -122,9 +81,9 @@ class PixelCNN(AutoregressiveModel):
             kb = blk.conv.kernel_size[0]
             pb = kb // 2
             cache = x.new_zeros(n, blk.conv.in_channels, h + 2 * pb, w + 2 * pb)
-            blocks.append((kb, pb, cache, _matrix_1x1(blk.reduce), blk.reduce.bias,
-                           _rows_matrix(blk.conv, pb + 1), blk.conv.bias,
-                           _matrix_1x1(blk.expand), blk.expand.bias))
+            blocks.append((kb, pb, cache, tap_matrix(blk.reduce.masked_weight()), blk.reduce.bias,
+                           tap_matrix(blk.conv.masked_weight(), rows=pb + 1), blk.conv.bias,
+                           tap_matrix(blk.expand.masked_weight()), blk.expand.bias))
         head = self.head.matrices()
         for r in range(h):
             for col in range(w):
@@ -138,7 +97,7 @@ class PixelCNN(AutoregressiveModel):
                     kn = known[:, g, r, col]
                     if bool(kn.all()):
                         continue
-                    draw = inverse_cdf(self.head.at_position(s, head)[:, g], u[:, step])
+                    draw = inverse_cdf(self.head.at_position(s, head)[:, :, g], u[:, step])
                     x[:, g, r, col] = torch.where(kn, x[:, g, r, col], draw)
                     xs[:, g, r + p, col + p] = self.scale(x[:, g, r, col])
         return x
@@ -169,7 +128,7 @@ class GatedPixelCNN(AutoregressiveModel):
             GatedPixelCNNLayer(c if i == 0 else hidden_channels, hidden_channels,
                                kernel_size if i == 0 else block_kernel_size, first=(i == 0),
                                data_channels=c) for i in range(num_layers))
-        self.head = _Head(hidden_channels, head_channels, self.num_logits, c)
+        self.head = MaskedHead(hidden_channels, head_channels, self.num_logits, c)
 
     def scale(self, x):
         return x * (2.0 / (self.num_levels - 1)) - 1.0
@@ -191,9 +150,9 @@ class GatedPixelCNN(AutoregressiveModel):
                 k=k, p=p, first=layer.first, vconv=layer.vconv.conv,
                 v_in=x.new_zeros(n, cin, hh + p, w + 2 * p),  # vertical-stack input, padded top/left/right
                 h_in=x.new_zeros(n, cin, w + p),  # horizontal-stack input of the current row, padded left
-                wh=_left_matrix(layer.hconv, p + 1),
+                wh=tap_matrix(layer.hconv.masked_weight(), cols=p + 1),
                 bh=layer.hconv.bias, v_to_h=layer.v_to_h,
-                wo=_matrix_1x1(layer.h_out), bo=layer.h_out.bias))
+                wo=tap_matrix(layer.h_out.masked_weight()), bo=layer.h_out.bias))
         first = layers[0]
         first["v_in"][:, :, first["p"]:, first["p"]:first["p"] + w] = self.scale(x)
         head = self.head.matrices()
@@ -222,7 +181,7 @@ class GatedPixelCNN(AutoregressiveModel):
                     kn = known[:, g, r, col]
                     if bool(kn.all()):
                         continue
-                    draw = inverse_cdf(self.head.at_position(h_new, head)[:, g], u[:, (r * w + col) * c + g])
+                    draw = inverse_cdf(self.head.at_position(h_new, head)[:, :, g], u[:, (r * w + col) * c + g])
                     x[:, g, r, col] = torch.where(kn, x[:, g, r, col], draw)
                     value = self.scale(x[:, g, r, col])
                     first["h_in"][:, g, col + first["p"]] = value

@@ -8,13 +8,11 @@ state-to-state convolution. Transposed, that is exactly row_lstm_scan with the k
 [w_above, w_left, 0]. The right-to-left direction runs on the mirrored image and its output is
 shifted down one row, so pixel (r, c) sees its right half only through row r - 1.
 """
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastgen.nn.row_lstm import CausalConv2d, _check_channels
+from fastgen.nn.row_lstm import LSTMGateConv2d, lstm_state_parameters
 from fastgen.ops.row_lstm_scan import row_lstm_scan
 
 
@@ -34,21 +32,15 @@ def unskew(y, width):
 
 class DiagonalLSTM(nn.Module):
     """One direction (left to right): x (B, in, H, W) -> hidden (B, hidden, H, W); the state at
-    (r, c) summarises the pixels (r' <= r, c' <= c)."""
+    (r, c) summarises the pixels (r' <= r, c' <= c). Input-to-state: a masked 1x1 convolution
+    (fastgen.nn.row_lstm.LSTMGateConv2d, the colour groups of RowLSTM)."""
 
     def __init__(self, in_channels, hidden_channels, mask_type="B", data_channels=1):
         super().__init__()
-        _check_channels(in_channels, hidden_channels, data_channels)
         self.hidden_channels = hidden_channels
-        self.input_to_state = CausalConv2d(in_channels, 4 * hidden_channels, 1, mask_type,
-                                           data_channels, bias=False)
+        self.input_to_state = LSTMGateConv2d(in_channels, hidden_channels, 1, mask_type, data_channels)
         # taps [above, left] of the 2 x 1 state-to-state convolution
-        self.weight_ss = nn.Parameter(torch.empty(4 * hidden_channels, hidden_channels, 2))
-        self.bias = nn.Parameter(torch.zeros(4 * hidden_channels))
-        bound = 1.0 / math.sqrt(2 * hidden_channels)
-        nn.init.uniform_(self.weight_ss, -bound, bound)
-        with torch.no_grad():
-            self.bias[hidden_channels: 2 * hidden_channels] = 1.0
+        self.weight_ss, self.bias = lstm_state_parameters(hidden_channels, 2)
 
     def scan_weight(self):
         """The (4h, h, 3) row_lstm_scan weight: taps at rows r-1, r, r+1 of the previous column."""

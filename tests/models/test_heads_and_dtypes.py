@@ -1,10 +1,14 @@
-"""Bernoulli heads for binary pixels, free-parameter counts, every dtype, empty batches."""
+"""Bernoulli heads for binary pixels, one logit layout for the conv models, free-parameter
+counts, every dtype, empty batches."""
+import itertools
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fastgen.models import (FVSBN, MADE, NADE, GatedPixelCNN, IndependentBernoulli, MarkovChain,
                             PixelCNN, PixelRNN)
-from fastgen.models.base import as_categorical
+from fastgen.models.base import MaskedHead, as_categorical, head_logits
 
 SHAPE = (1, 3, 4)
 FACTORIES = {
@@ -40,6 +44,50 @@ def test_binary_pixels_have_one_bernoulli_logit(name):
     ref = torch.log_softmax(cat, -1).gather(-1, x.long().unsqueeze(-1)).flatten(1).sum(1)
     torch.testing.assert_close(model.log_prob(x), ref, rtol=1e-5, atol=1e-5)
     assert make(name, k=3).logits(x).shape == (5, 3) + SHAPE   # K > 2 stays categorical
+
+
+COLOUR = (3, 3, 4)
+CONV_MODELS = {
+    "pixelcnn": lambda k: PixelCNN(COLOUR, k, hidden_channels=6, num_layers=2, kernel_size=3),
+    "gated-pixelcnn": lambda k: GatedPixelCNN(COLOUR, k, hidden_channels=6, num_layers=2, kernel_size=3),
+    "pixelrnn-row": lambda k: PixelRNN(COLOUR, "row", k, hidden_channels=6, num_layers=1),
+    "pixelrnn-diagonal": lambda k: PixelRNN(COLOUR, "diagonal", k, hidden_channels=6, num_layers=1),
+}
+
+
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("name", list(CONV_MODELS))
+def test_conv_models_share_one_logit_layout(name, k):
+    """The head's raw output (N, C*L, H, W) holds colour c's L logits in channels c*L .. c*L+L-1
+    in every conv model: log_prob is the sum of per-(pixel, colour) log-probs read that way, and
+    head_logits reads the same."""
+    torch.manual_seed(0)
+    model = CONV_MODELS[name](k).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    assert type(model.head) is MaskedHead
+    raw = []
+    model.head.conv2.register_forward_hook(lambda mod, inp, out: raw.append(out))
+    x = torch.randint(0, k, (3,) + COLOUR).double()
+    lp = model.log_prob(x)
+    out = raw[-1]
+    c, L = COLOUR[0], model.num_logits
+    assert out.shape == (3, c * L) + COLOUR[1:]
+    expected = torch.zeros(3, dtype=torch.float64)
+    for ch in range(c):
+        block = out[:, ch * L:(ch + 1) * L]  # colour ch's logits
+        target = x[:, ch].long()
+        if L == 1:
+            expected -= F.binary_cross_entropy_with_logits(block[:, 0], x[:, ch], reduction="none").sum((1, 2))
+        else:
+            expected -= F.cross_entropy(block, target, reduction="none").sum((1, 2))
+    torch.testing.assert_close(lp, expected)
+    logits = head_logits(out, c)
+    assert logits.shape == (3, L) + COLOUR
+    for ch, level in itertools.product(range(c), range(L)):
+        assert torch.equal(logits[:, level, ch], out[:, ch * L + level])
+    torch.testing.assert_close(model.logits(x), logits)
 
 
 def test_free_parameter_counts():

@@ -1,15 +1,22 @@
 """RowLSTM, DiagonalBiLSTM and PixelRNN: the autoregressive property (both layers, both
-diagonal directions, both masks, 1 and 3 channels), exact normalisation, samples distributed as
-exp(log_prob), fast sampling equal to naive, and bad arguments."""
+diagonal directions, both masks, 1 and 3 channels; the model per (pixel, colour) with colour
+images), the gate layout of the masked input-to-state conv, every conv a MaskedConv2d on the
+fused op, exact normalisation, samples distributed as exp(log_prob), fast sampling equal to
+naive, and bad arguments."""
 import itertools
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+import fastgen.nn.masked_conv2d as masked_conv2d_module
+from fastgen import _ext, use_impl
 from fastgen.models import PixelRNN
-from fastgen.nn import DiagonalBiLSTM, RowLSTM
+from fastgen.nn import DiagonalBiLSTM, MaskedConv2d, RowLSTM
 from fastgen.nn.diagonal_bilstm import DiagonalLSTM, skew, unskew
+from fastgen.nn.row_lstm import LSTMGateConv2d
 
 
 def _randomise(module, std=0.5, seed=0):
@@ -28,7 +35,8 @@ def _dependencies(fn, shape):
 
 
 def _allowed(C_out, C_in, H, W, mask_type, data_channels, region="causal"):
-    """Allowed (out, in) dependencies of a per-pixel layer with channel groups k % C."""
+    """Allowed (out, in) dependencies of a per-pixel layer with MaskedConv2d's block channel
+    groups (channel i of n in group i * C // n)."""
     out = torch.zeros(C_out, H, W, C_in, H, W, dtype=torch.bool)
     for co, r, c, ci, r2, c2 in itertools.product(range(C_out), range(H), range(W), range(C_in), range(H), range(W)):
         if region == "upper_left":  # one diagonal direction: r2 <= r, c2 <= c
@@ -36,7 +44,7 @@ def _allowed(C_out, C_in, H, W, mask_type, data_channels, region="causal"):
         else:
             ok = r2 < r or (r2 == r and c2 < c)
         if (r2, c2) == (r, c):
-            go, gi = co % data_channels, ci % data_channels
+            go, gi = co * data_channels // C_out, ci * data_channels // C_in
             ok = gi < go if mask_type == "A" else gi <= go
         out[co, r, c, ci, r2, c2] = ok
     return out.reshape(C_out * H * W, C_in * H * W)
@@ -62,6 +70,26 @@ def test_diagonal_bilstm_is_causal(mask_type, data_channels):
     dep = _dependencies(layer, (1, C, H, W))
     allowed = _allowed(h, C, H, W, mask_type, data_channels)
     assert not (dep & ~allowed).any(), "DiagonalBiLSTM output depends on the future"
+
+
+@pytest.mark.parametrize("mask_type", ["A", "B"])
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_gate_conv_layout(mask_type, kernel_size):
+    """LSTMGateConv2d's output is gate-major (gate j of unit u at channel j*h + u, as
+    row_lstm_scan reads it) and all four gates of unit u are masked as u's colour group
+    u * C // h: against F.conv2d on gate_weight() and a mask written from that rule."""
+    cin, h, C = 6, 6, 3
+    conv = _randomise(LSTMGateConv2d(cin, h, (1, kernel_size), mask_type, C).double())
+    x = torch.randn(2, cin, 3, 5, dtype=torch.float64)
+    w = conv.gate_weight()
+    torch.testing.assert_close(conv(x), F.conv2d(x, w, padding=(0, kernel_size // 2)))
+    unit_group = torch.arange(h) * C // h
+    out_group = unit_group.repeat(4)                      # channel j*h + u -> group of unit u
+    in_group = torch.arange(cin) * C // cin
+    centre = (in_group[None] < out_group[:, None]) if mask_type == "A" else (in_group[None] <= out_group[:, None])
+    half = kernel_size // 2
+    assert torch.equal(w[:, :, 0, half] != 0, centre)
+    assert (w[:, :, 0, :half] != 0).all() and (w[:, :, 0, half + 1:] == 0).all()
 
 
 def test_diagonal_directions():
@@ -112,6 +140,63 @@ def test_model_is_autoregressive(kind, C):
     assert not (dep & (pos[None, :] >= pos[:, None])).any(), "a conditional sees itself or the future"
     last = m.ordering()[-1]
     assert int(dep[last].sum()) == D - 1, "the last dimension should see every earlier one"
+
+
+@pytest.mark.parametrize("kind", ["row", "diagonal"])
+def test_model_colour_causality(kind):
+    """C = 3 colours, K = 4 levels: d logits[:, k, c, p] / d x[:, d, q] is zero unless q comes
+    before p in raster order, or q == p and d < c; and non-zero for every same-pixel pair d < c
+    and for every earlier pixel seen from the last one."""
+    C, H, W, K = 3, 3, 4, 4
+    m = _model(kind, C=C, H=H, W=W, levels=K, hidden=12, std=0.4)
+    with torch.no_grad():  # the head's ReLUs open: a missing dependence is then structural
+        m.input_conv.bias.add_(3.0)
+        m.head.conv1.bias.add_(3.0)
+    shape = (1, C, H, W)
+    dep = torch.zeros(C, H * W, C, H * W, dtype=torch.bool)
+    for seed in range(2):  # union over points
+        v = torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * (K - 1)
+        J = torch.autograd.functional.jacobian(m.logits, v)  # (1, K, C, H, W, 1, C, H, W)
+        dep |= (J.abs().sum(dim=(0, 1)) > 0).reshape(C, H * W, C, H * W)
+    for c, p, d, q in itertools.product(range(C), range(H * W), range(C), range(H * W)):
+        allowed = q < p or (q == p and d < c)
+        assert allowed or not dep[c, p, d, q], f"logit (pixel {p}, colour {c}) sees input (pixel {q}, colour {d})"
+        if q == p and d < c:
+            assert dep[c, p, d, q], f"logit (pixel {p}, colour {c}) misses colour {d} of its own pixel"
+    last = H * W - 1
+    assert dep[:, last, :, :last].all(), "the last pixel should see every earlier pixel"
+
+
+@pytest.mark.parametrize("kind", ["row", "diagonal"])
+def test_every_conv_is_a_masked_conv_on_the_fused_op(kind, monkeypatch):
+    """Input conv, LSTM input-to-state convs, residual 1x1s and head: MaskedConv2d modules (no
+    nn.Conv2d), each calling fastgen.ops.masked_conv2d once per forward."""
+    m = _model(kind, C=3, H=3, W=4, levels=4, hidden=6)
+    assert not any(isinstance(mod, (nn.Conv1d, nn.Conv2d)) for mod in m.modules())
+    convs = [mod for mod in m.modules() if isinstance(mod, MaskedConv2d)]
+    per_layer = 2 if kind == "row" else 3  # input-to-state (one per direction) + residual
+    assert len(convs) == 1 + per_layer * len(m.lstms) + 2
+    calls = []
+    op = masked_conv2d_module.masked_conv2d
+    monkeypatch.setattr(masked_conv2d_module, "masked_conv2d",
+                        lambda x, w, *a: calls.append(w) or op(x, w, *a))
+    x = torch.randint(0, 4, (2, 3, 3, 4)).double()
+    m.log_prob(x)
+    assert sorted(map(id, calls)) == sorted(id(c.weight) for c in convs)
+    if _ext.AVAILABLE:  # and the compiled op is what runs under "cpp"
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        ops = []
+
+        class Count(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                ops.append(str(func.overloadpacket))
+                return func(*args, **(kwargs or {}))
+
+        with use_impl("cpp"), Count():
+            m.log_prob(x)
+        assert ops.count("fastgen.masked_conv2d") == len(convs)
+        assert not any("conv" in o and o != "fastgen.masked_conv2d" for o in ops), ops
 
 
 @pytest.mark.parametrize("kind", ["row", "diagonal"])
@@ -170,7 +255,7 @@ def test_interface_and_training_step():
     assert m.lstms[0].weight_ss.grad is not None
     # masked weights get no gradient (the mask is applied per call, never in place)
     w = m.input_conv
-    assert (w.weight.grad * (1 - w.mask)).abs().sum() == 0
+    assert (w.weight.grad * (1 - w.mask())).abs().sum() == 0
 
 
 def test_bad_arguments():
