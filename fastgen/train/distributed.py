@@ -6,6 +6,7 @@ so DDP's gradient average equals the gradient of the global minibatch mean even 
 minibatch does not split evenly. Hence a 2-process run follows a 1-process run with the same
 global batch (up to float summation order).
 """
+import gc
 import os
 from dataclasses import dataclass
 
@@ -125,5 +126,8 @@ def barrier(info):
 
 
 def cleanup(info):
+    """Leave the process group. A collection first, so that no DDP wrapper of the finished run
+    (its reducer holds the group) outlives it into the interpreter's exit."""
     if info.world > 1 and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
