@@ -84,6 +84,16 @@ class MaskedHead(nn.Module):
         return head_logits(out, self.c)
 
 
+def channels_last(x):
+    """x (N, C, H, W) with channels-last strides, by ATen's rule even for one channel (where
+    .contiguous(memory_format=torch.channels_last) keeps NCHW strides): convolution stacks fed
+    this keep every activation and gradient channels-last, the layout fastgen's masked_conv2d
+    kernels and oneDNN work in, with no copies between layers."""
+    y = x.contiguous(memory_format=torch.channels_last)
+    n, c, h, w = y.shape
+    return y.as_strided(y.shape, (h * w * c, 1, w * c, c)) if c == 1 else y
+
+
 def ceil_div(a, b):
     """ceil(a / b) for positive ints."""
     return -(-a // b)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastgen.models.base import AutoregressiveModel, MaskedHead, inverse_cdf, tap_matrix
+from fastgen.models.base import AutoregressiveModel, MaskedHead, channels_last, inverse_cdf, tap_matrix
 from fastgen.nn.gated_pixelcnn import GatedPixelCNNLayer, gate
 from fastgen.nn.masked_conv2d import MaskedConv2d
 
@@ -65,7 +65,7 @@ class PixelCNN(AutoregressiveModel):
         return x * (2.0 / (self.num_levels - 1)) - 1.0
 
     def logits(self, x):
-        s = self.conv_in(self.scale(x))
+        s = self.conv_in(channels_last(self.scale(x)))
         for block in self.blocks:
             s = block(s)
         return self.head(s)

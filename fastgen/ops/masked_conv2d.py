@@ -10,6 +10,7 @@ Implementations: "reference", "cpp"/"cuda" (fastgen::masked_conv2d behind the di
 "triton" (the sibling op fastgen::masked_conv2d_triton); one fake kernel and one autograd wiring.
 """
 import torch
+from torch._prims_common import suggest_memory_format
 
 from fastgen import _impl
 from fastgen.ops._common import call_backward, check_float, check_like, register_siblings
@@ -132,9 +133,8 @@ def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1):
         y = torch.ops.fastgen.masked_conv2d_triton(x, weight, bias, mask_type, data_channels)
     else:
         y = torch.ops.fastgen.masked_conv2d(x, weight, bias, mask_type, data_channels)
-    # The kernels return channels-last; every impl hands back the layout F.conv2d gives: channels-
-    # last for a channels-last x (a stack of layers fed channels-last passes on without copies),
-    # else contiguous NCHW (one copy of the output)
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return y.contiguous(memory_format=torch.channels_last)
-    return y.contiguous()
+    # The kernels return channels-last; every impl hands back the layout F.conv2d gives, by ATen's
+    # rule on x's strides (suggest_memory_format, which also tells a channels-last x of one
+    # channel from a contiguous one): channels-last for a channels-last x (a stack of layers fed
+    # channels-last passes on without copies), else contiguous NCHW (one copy of the output)
+    return y.contiguous(memory_format=suggest_memory_format(x))
