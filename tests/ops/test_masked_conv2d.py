@@ -150,6 +150,41 @@ def test_output_memory_format_is_conv2d_s(impl, device):
             assert y.is_contiguous(memory_format=torch.channels_last if want_cl else torch.contiguous_format)
         if not want_cl:
             assert mconv(xin).view(xin.shape[0], -1).shape[1] == 4 * xin.shape[2] * xin.shape[3]
+    # one input channel: NCHW and channels-last hold the same bytes, the strides tell them apart
+    # (as F.conv2d does); a channels-last one gives channels-last out (a PixelCNN's first layer)
+    x1 = x[:, :1].contiguous()
+    conv1 = torch.nn.Conv2d(1, 4, 3, padding=1).to(device)
+    for xin in (x1, x1.permute(0, 2, 3, 1).clone().permute(0, 3, 1, 2)):
+        want_cl = not conv1(xin).is_contiguous()
+        assert want_cl == (xin.stride(1) == 1)
+        y = masked_conv2d(xin, w[:, :1], b, "A", 1)
+        assert y.is_contiguous(memory_format=torch.channels_last if want_cl else torch.contiguous_format)
+        assert y.is_contiguous() != want_cl
+
+
+def test_pixelcnn_stays_channels_last(impl, device):
+    """A PixelCNN step copies no activation between layers: every conv's input and the gradients
+    flowing back are channels-last (mixed layouts made its ReLU backward 3x slower, issue 13).
+    (ATen's own convolution backward, the reference's, hands some input gradients back NCHW.)"""
+    from fastgen.models import PixelCNN
+
+    if impl == "reference":
+        pytest.skip("a property of fastgen's kernels")
+
+    model = PixelCNN((1, 6, 6), hidden_channels=8, num_layers=3).to(device)
+    x = (torch.rand(2, 1, 6, 6, device=device) < 0.5).float()
+    seen = []
+
+    def hook(mod, args):
+        seen.append(args[0].stride(1) == 1)
+        if args[0].requires_grad:
+            args[0].register_hook(lambda g: seen.append(g.stride(1) == 1))
+
+    for mod in model.modules():
+        if isinstance(mod, MaskedConv2d):
+            mod.register_forward_pre_hook(hook)
+    model.log_prob(x).sum().backward()
+    assert len(seen) > 10 and all(seen), seen
 
 
 def test_module_masks_and_zero_masked_grads(impl, device):
