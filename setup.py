@@ -148,9 +148,12 @@ def _cmdclass():
     return {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
 
 
-# fastgen/kernels is a link to the top-level kernels/, so the source tree imports as installed.
+# The Triton kernels live in the top-level kernels/ and ship as the package fastgen.kernels
+# (package_dir maps the name to the folder). In the source tree and in an editable install,
+# fastgen/_source_tree.py serves the same name from kernels/.
 setup(
-    packages=find_packages(include=["fastgen", "fastgen.*"]),
+    packages=find_packages(include=["fastgen", "fastgen.*"]) + ["fastgen.kernels"],
+    package_dir={"fastgen.kernels": "kernels"},
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),
 )

@@ -1,6 +1,10 @@
 """fastgen: fast, exact PyTorch building blocks for the classic deep generative models."""
-from fastgen import _ext
-from fastgen._impl import IMPLS, ImplUnavailableError, get_impl, set_impl, use_impl
+from fastgen import _source_tree
+
+_source_tree.install()  # fastgen.kernels from the tree's kernels/ when run from the source tree
+
+from fastgen import _ext  # noqa: E402
+from fastgen._impl import IMPLS, ImplUnavailableError, get_impl, set_impl, use_impl  # noqa: E402
 from fastgen import ops, nn  # noqa: E402  (registers the ops)
 
 __version__ = "0.1.0"

@@ -17,14 +17,19 @@ import triton
 import triton.language as tl
 
 from fastgen.kernels._common import div, exp, log, on_device, round_to
+from fastgen.reference.gan_loss import DISCRIMINATOR_KINDS, GENERATOR_KINDS
 
 SOFTPLUS, HINGE, LINEAR = 0, 1, 2
-# kind -> (family, (s, c) per term): the real term first for the discriminator.
+# The kinds are fastgen.reference.gan_loss's (the one table of GAN kinds); here only their terms:
+# kind -> (family, (s, c) per term), the real term first for the discriminator.
 DISCRIMINATOR = {"bce": (SOFTPLUS, ((-1.0, 1.0), (1.0, 1.0))),
                  "hinge": (HINGE, ((-1.0, 1.0), (1.0, 1.0)))}
 GENERATOR = {"minimax": (SOFTPLUS, ((1.0, -1.0),)),
              "nonsaturating": (SOFTPLUS, ((-1.0, 1.0),)),
              "hinge": (LINEAR, ((-1.0, 1.0),))}
+if set(DISCRIMINATOR) != set(DISCRIMINATOR_KINDS) or set(GENERATOR) != set(GENERATOR_KINDS):
+    raise ImportError("kernels/gan_loss.py: the terms table does not cover exactly the kinds of "
+                      f"fastgen.reference.gan_loss ({DISCRIMINATOR_KINDS}, {GENERATOR_KINDS})")
 BLOCK = 2048
 FINAL_BLOCK = 1024
 

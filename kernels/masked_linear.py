@@ -74,8 +74,9 @@ def _blocks(blocks):
 
 
 @on_device
-def masked_linear_forward(x, weight, mask, bias, row_blocks):
-    """x (N, I), weight/mask (O, I), bias (O,) or None -> y (N, O)."""
+def masked_linear_forward(x, weight, mask, bias, row_blocks, col_blocks=None):
+    """x (N, I), weight/mask (O, I), bias (O,) or None -> y (N, O). The arguments of the op
+    fastgen::masked_linear; the forward walks the row groups only (col_blocks is unused)."""
     x, weight, mask8 = x.contiguous(), weight.contiguous(), mask.contiguous().view(torch.uint8)
     n, out_f = x.shape[0], weight.shape[0]
     y = x.new_empty((n, out_f))

@@ -42,6 +42,11 @@ def _runnable_impls():
 
 
 RUNNABLE_IMPLS = _runnable_impls()
+# Ours: the runnable implementations other than the reference. A property of our kernels (their
+# gradients, their determinism) is tested on these, e.g. with
+# @pytest.mark.parametrize("impl", KERNEL_IMPLS, indirect=True): the reference's gradient is
+# torch's own autograd, which gradcheck-ing would not test anything of fastgen.
+KERNEL_IMPLS = [i for i in RUNNABLE_IMPLS if i != "reference"]
 # The implementations that run on a device type here ("cuda" needs a GPU; triton runs on the
 # GPU when there is one, else on CPU tensors under the interpreter).
 TRITON_DEVICE = "cuda" if GPU else "cpu"

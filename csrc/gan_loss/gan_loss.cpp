@@ -40,15 +40,16 @@ bool is_exactly_one(const at::Tensor& t) {
 // saved gradient is a constant here, so its own derivative would silently be lost).
 // Out of place: the saved gradients are also the op's gradient outputs, which a caller may hold
 // (scaling them in place, as Liger does, would change those outputs under the caller's feet).
-at::Tensor scaled(AutogradContext* ctx, size_t index, const at::Tensor& grad_loss, const at::Tensor& saved,
-                  const char* name) {
+at::Tensor scaled(AutogradContext* ctx, const char* op, size_t index, const at::Tensor& grad_loss,
+                  const at::Tensor& saved, const char* name) {
   if (!ctx->needs_input_grad(index) || !grad_loss.defined()) return at::Tensor();
   const auto shape = ctx->saved_data[name].toIntVector();
   TORCH_CHECK(saved.sizes() == c10::IntArrayRef(shape), "fastgen gan loss: ", name,
               " requires grad but the forward was called with its gradient flag False");
-  TORCH_CHECK(!at::GradMode::is_enabled(),
-              "fastgen gan loss: double backward (create_graph=True) is not supported by the fused "
-              "kernels; use fastgen.use_impl('reference') for it");
+  // (the wording of fastgen/ops/_common.py's double_backward_error, as for every fastgen op)
+  TORCH_CHECK(!at::GradMode::is_enabled(), "double backward is not supported by fastgen.", op,
+              " (its gradient was taken with create_graph=True, but the fused kernels save the gradient "
+              "as a constant); use fastgen.use_impl('reference') for it");
   // loss.backward() on a CPU loss, the common case: the incoming gradient is exactly 1 (read on
   // the host, no device sync for a CPU tensor), so the saved gradient is the answer and is handed
   // on without a copy. Autograd treats gradients as read-only, and AccumulateGrad copies one that
@@ -78,7 +79,8 @@ class DiscriminatorLossFunction : public torch::autograd::Function<Discriminator
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    return {scaled(ctx, 0, grads[0], saved[0], "real_logits"), scaled(ctx, 1, grads[0], saved[1], "fake_logits"),
+    return {scaled(ctx, "discriminator_loss", 0, grads[0], saved[0], "real_logits"),
+            scaled(ctx, "discriminator_loss", 1, grads[0], saved[1], "fake_logits"),
             at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -100,7 +102,7 @@ class GeneratorLossFunction : public torch::autograd::Function<GeneratorLossFunc
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    return {scaled(ctx, 0, grads[0], saved[0], "fake_logits"), at::Tensor(), at::Tensor()};
+    return {scaled(ctx, "generator_loss", 0, grads[0], saved[0], "fake_logits"), at::Tensor(), at::Tensor()};
   }
 };
 

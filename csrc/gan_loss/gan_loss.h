@@ -60,13 +60,6 @@ FASTGEN_HOST_DEVICE inline T gan_two_atanh(T t) {
 
 enum class GanFamily : int { kSoftplus = 0, kHinge = 1, kLinear = 2 };
 
-// One loss term: its family, the inner sign s and the outer sign c.
-struct GanTerm {
-  GanFamily family;
-  double s;
-  double c;
-};
-
 // loss = c f(s x); grad = (c s / n) f'(s x), with cs = c * s and cs_inv_n = c * s / n precomputed.
 template <GanFamily F, typename T>
 FASTGEN_HOST_DEVICE inline void gan_term_element(T x, T s, T c, T cs_inv_n, T& loss, T& grad) {
@@ -88,38 +81,6 @@ FASTGEN_HOST_DEVICE inline void gan_term_element(T x, T s, T c, T cs_inv_n, T& l
     loss = c * y;
     grad = cs_inv_n;
   }
-}
-
-}  // namespace fastgen
-
-// Host-side: the terms of each kind (shared by the CPU and CUDA launchers).
-#include <c10/util/Exception.h>
-#include <c10/util/string_view.h>
-
-#include <limits>
-#include <utility>
-
-namespace fastgen {
-
-// The (real, fake) terms of a discriminator kind; both share one family.
-inline std::pair<GanTerm, GanTerm> gan_discriminator_terms(c10::string_view kind) {
-  if (kind == "bce") return {{GanFamily::kSoftplus, -1.0, 1.0}, {GanFamily::kSoftplus, 1.0, 1.0}};
-  if (kind == "hinge") return {{GanFamily::kHinge, -1.0, 1.0}, {GanFamily::kHinge, 1.0, 1.0}};
-  TORCH_CHECK_VALUE(false, "fastgen::discriminator_loss: kind must be 'bce' or 'hinge'; got '", kind, "'");
-}
-
-// The fake term of a generator kind.
-inline GanTerm gan_generator_term(c10::string_view kind) {
-  if (kind == "minimax") return {GanFamily::kSoftplus, 1.0, -1.0};
-  if (kind == "nonsaturating") return {GanFamily::kSoftplus, -1.0, 1.0};
-  if (kind == "hinge") return {GanFamily::kLinear, -1.0, 1.0};
-  TORCH_CHECK_VALUE(false, "fastgen::generator_loss: kind must be 'minimax', 'nonsaturating' or 'hinge'; got '",
-                    kind, "'");
-}
-
-// The mean of a term from its sum: NaN for an empty tensor, as torch.mean.
-inline double gan_mean(double sum, int64_t n) {
-  return n > 0 ? sum / double(n) : std::numeric_limits<double>::quiet_NaN();
 }
 
 }  // namespace fastgen

@@ -8,9 +8,10 @@
 #include <algorithm>
 #include <vector>
 
-#include "fastgen_check.h"
+#include "fastgen_host.h"
 #include "fastgen_cpu.h"
 #include "gan_loss/gan_loss.h"
+#include "gan_loss/gan_loss_host.h"
 
 namespace fastgen {
 namespace {

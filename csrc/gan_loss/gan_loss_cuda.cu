@@ -16,8 +16,9 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "fastgen_check.h"
+#include "fastgen_host.h"
 #include "gan_loss/gan_loss.h"
+#include "gan_loss/gan_loss_host.h"
 
 namespace fastgen {
 namespace {

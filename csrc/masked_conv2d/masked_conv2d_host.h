@@ -8,7 +8,7 @@
 
 #include <string>
 
-#include "fastgen_check.h"
+#include "fastgen_host.h"
 #include "masked_conv2d/masked_conv2d.h"
 
 namespace fastgen {

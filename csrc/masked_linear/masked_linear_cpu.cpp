@@ -22,7 +22,7 @@
 
 #include "fastgen_cpu.h"
 #include "fastgen_gemm.h"
-#include "masked_linear/masked_linear_common.h"
+#include "masked_linear/masked_linear_host.h"
 
 namespace fastgen {
 namespace {

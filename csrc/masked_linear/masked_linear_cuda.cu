@@ -14,7 +14,7 @@
 
 #include <array>
 
-#include "masked_linear/masked_linear_common.h"
+#include "masked_linear/masked_linear_host.h"
 
 namespace fastgen {
 namespace {

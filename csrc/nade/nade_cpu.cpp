@@ -31,7 +31,7 @@
 #include "fastgen_cpu.h"
 #include "fastgen_gemm.h"
 #include "nade/nade.h"
-#include "nade/nade_check.h"
+#include "nade/nade_host.h"
 #include "nade/nade_vec.h"
 
 namespace fastgen {

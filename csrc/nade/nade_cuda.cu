@@ -22,7 +22,7 @@
 #include <torch/library.h>
 
 #include "nade/nade.h"
-#include "nade/nade_check.h"
+#include "nade/nade_host.h"
 
 namespace fastgen {
 namespace {

@@ -5,7 +5,7 @@
 
 #include "fastgen_cpu.h"
 #include "reparameterize/reparameterize.h"
-#include "reparameterize/reparameterize_check.h"
+#include "reparameterize/reparameterize_host.h"
 
 namespace fastgen {
 namespace {

@@ -8,7 +8,7 @@
 #include <torch/library.h>
 
 #include "reparameterize/reparameterize.h"
-#include "reparameterize/reparameterize_check.h"
+#include "reparameterize/reparameterize_host.h"
 
 namespace fastgen {
 namespace {

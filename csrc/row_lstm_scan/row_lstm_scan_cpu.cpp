@@ -26,7 +26,7 @@
 #include "fastgen_cpu.h"
 #include "fastgen_gemm.h"
 #include "row_lstm_scan/row_lstm_scan.h"
-#include "row_lstm_scan/row_lstm_scan_check.h"
+#include "row_lstm_scan/row_lstm_scan_host.h"
 #include "row_lstm_scan/row_lstm_scan_vec.h"
 
 namespace fastgen {

@@ -21,7 +21,7 @@
 #include <torch/library.h>
 
 #include "row_lstm_scan/row_lstm_scan.h"
-#include "row_lstm_scan/row_lstm_scan_check.h"
+#include "row_lstm_scan/row_lstm_scan_host.h"
 
 namespace fastgen {
 namespace {

@@ -1,4 +1,5 @@
-"""Functional ops. Each chooses its implementation through fastgen.use_impl / FASTGEN_IMPL."""
+"""Functional ops. Each declares one OpSpec (fastgen.ops._common), whose dispatch chooses the
+implementation through fastgen.use_impl / FASTGEN_IMPL."""
 from fastgen.ops.reparameterize import reparameterize
 from fastgen.ops.gan_loss import discriminator_loss, generator_loss
 from fastgen.ops.masked_linear import masked_linear, mask_layout

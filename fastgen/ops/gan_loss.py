@@ -2,8 +2,9 @@
 
 Implementations: "reference" (fastgen.reference.gan_loss), "cpp"/"cuda" (the compiled ops
 fastgen::discriminator_loss / fastgen::generator_loss behind the dispatcher, autograd in C++) and
-"triton" (the sibling ops fastgen::discriminator_loss_triton / generator_loss_triton, autograd
-here). They share one fake kernel and the same backward: scale the saved gradient.
+"triton" (the sibling ops fastgen::discriminator_loss_triton / generator_loss_triton), each op
+declared once in its spec: one fake kernel and the same backward (scale the saved gradient) for
+both siblings, the choice of implementation.
 
 The fused forward reads each logits tensor once and returns the loss together with the gradient
 of the loss w.r.t. the logits (Liger's fused cross-entropy way); that gradient is saved, and the
@@ -12,30 +13,10 @@ computed only for the logits that need it (requires_grad under grad mode).
 """
 import torch
 
-from fastgen import _ext, _impl
-from fastgen.ops._common import check_float, check_like
+from fastgen.ops._common import OpSpec, check_float, check_like
 from fastgen.reference import gan_loss as _reference
+# the one table of GAN kinds (FORMULATIONS re-exported for fastgen.nn.GANLoss)
 from fastgen.reference.gan_loss import DISCRIMINATOR_KINDS, FORMULATIONS, GENERATOR_KINDS  # noqa: F401
-
-GPU_DEFAULT = "cuda"
-
-
-# --- Triton sibling ops -------------------------------------------------------------------
-@torch.library.custom_op("fastgen::discriminator_loss_triton", mutates_args=())
-def _discriminator_loss_triton(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str,
-                               real_grad: bool, fake_grad: bool
-                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from fastgen.kernels.gan_loss import discriminator_loss_forward
-
-    return discriminator_loss_forward(real_logits, fake_logits, kind, real_grad, fake_grad)
-
-
-@torch.library.custom_op("fastgen::generator_loss_triton", mutates_args=())
-def _generator_loss_triton(fake_logits: torch.Tensor, kind: str,
-                           fake_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from fastgen.kernels.gan_loss import generator_loss_forward
-
-    return generator_loss_forward(fake_logits, kind, fake_grad)
 
 
 # --- fake kernels (shapes only: torch.compile traces through them) ------------------------
@@ -66,9 +47,6 @@ def _scaled(ctx, grad_loss, saved, index, name):
     if tuple(saved.shape) != ctx.saved_shapes[index]:
         raise RuntimeError(f"fastgen gan loss: {name} requires grad but the forward was called "
                            f"with its gradient flag False")
-    if torch.is_grad_enabled():  # the saved gradient is a constant: its derivative would be lost
-        raise RuntimeError("fastgen gan loss: double backward (create_graph=True) is not supported "
-                           "by the fused kernels; use fastgen.use_impl('reference') for it")
     return saved * grad_loss
 
 
@@ -93,16 +71,32 @@ def _setup_generator(ctx, inputs, output):
     _setup_context(ctx, inputs, output)
 
 
+def _wants_grad(t):
+    return torch.is_grad_enabled() and t.requires_grad
+
+
+def _call_discriminator(op, real_logits, fake_logits, kind):
+    return op(real_logits, fake_logits, kind, _wants_grad(real_logits), _wants_grad(fake_logits))[0]
+
+
+def _call_generator(op, fake_logits, kind):
+    return op(fake_logits, kind, _wants_grad(fake_logits))[0]
+
+
 # The compiled ops' autograd lives in C++ (csrc/gan_loss/gan_loss.cpp, the same saved-gradient
 # scaling): a Python backward would cost more than the kernels at dispatch-bound sizes. The
-# Triton siblings are Python custom_ops, wired here.
-for _name, _fake, _backward, _setup in (
-        ("discriminator_loss", _fake_discriminator, _backward_discriminator, _setup_discriminator),
-        ("generator_loss", _fake_generator, _backward_generator, _setup_generator)):
-    torch.library.register_fake(f"fastgen::{_name}_triton")(_fake)
-    torch.library.register_autograd(f"fastgen::{_name}_triton", _backward, setup_context=_setup)
-    if _ext.AVAILABLE:
-        torch.library.register_fake(f"fastgen::{_name}")(_fake)
+# Triton siblings are Python custom_ops, wired by the specs. Neither has a backward op.
+DISCRIMINATOR_SPEC = OpSpec(
+    "discriminator_loss", kernels="gan_loss", reference=_reference.discriminator_loss,
+    call_kernel=_call_discriminator, compiled_autograd=False,
+    schema="(Tensor real_logits, Tensor fake_logits, str kind, bool real_grad, bool fake_grad) "
+           "-> (Tensor loss, Tensor grad_real, Tensor grad_fake)",
+    fake=_fake_discriminator, setup_context=_setup_discriminator, make_backward=lambda _: _backward_discriminator)
+GENERATOR_SPEC = OpSpec(
+    "generator_loss", kernels="gan_loss", reference=_reference.generator_loss,
+    call_kernel=_call_generator, compiled_autograd=False,
+    schema="(Tensor fake_logits, str kind, bool fake_grad) -> (Tensor loss, Tensor grad_fake)",
+    fake=_fake_generator, setup_context=_setup_generator, make_backward=lambda _: _backward_generator)
 
 
 # --- the public ops -------------------------------------------------------------------------
@@ -110,10 +104,6 @@ def _check_kind(op, kind, kinds):
     if not isinstance(kind, str) or kind not in kinds:
         raise ValueError(f"fastgen.{op}: kind must be one of {', '.join(map(repr, kinds))}; "
                          f"got {kind!r}")
-
-
-def _wants_grad(t):
-    return torch.is_grad_enabled() and t.requires_grad
 
 
 def discriminator_loss(real_logits, fake_logits, kind="bce"):
@@ -128,12 +118,7 @@ def discriminator_loss(real_logits, fake_logits, kind="bce"):
     check_float(op, "real_logits", real_logits)
     check_like(op, "real_logits", real_logits, "fake_logits", fake_logits, same_shape=False)
     _check_kind(op, kind, DISCRIMINATOR_KINDS)
-    impl = _impl.select(op, real_logits.device, GPU_DEFAULT)
-    if impl == "reference":
-        return _reference.discriminator_loss(real_logits, fake_logits, kind)
-    fn = (torch.ops.fastgen.discriminator_loss_triton if impl == "triton"
-          else torch.ops.fastgen.discriminator_loss)
-    return fn(real_logits, fake_logits, kind, _wants_grad(real_logits), _wants_grad(fake_logits))[0]
+    return DISCRIMINATOR_SPEC.dispatch(real_logits.device, real_logits, fake_logits, kind)
 
 
 def generator_loss(fake_logits, kind="nonsaturating"):
@@ -145,9 +130,4 @@ def generator_loss(fake_logits, kind="nonsaturating"):
     op = "generator_loss"
     check_float(op, "fake_logits", fake_logits)
     _check_kind(op, kind, GENERATOR_KINDS)
-    impl = _impl.select(op, fake_logits.device, GPU_DEFAULT)
-    if impl == "reference":
-        return _reference.generator_loss(fake_logits, kind)
-    fn = (torch.ops.fastgen.generator_loss_triton if impl == "triton"
-          else torch.ops.fastgen.generator_loss)
-    return fn(fake_logits, kind, _wants_grad(fake_logits))[0]
+    return GENERATOR_SPEC.dispatch(fake_logits.device, fake_logits, kind)

@@ -7,39 +7,16 @@ never materialised on the weight: the kernels only visit the taps above and left
 every masked weight is exactly zero.
 
 Implementations: "reference", "cpp"/"cuda" (fastgen::masked_conv2d behind the dispatcher) and
-"triton" (the sibling op fastgen::masked_conv2d_triton); one fake kernel and one autograd wiring.
+"triton" (the sibling op fastgen::masked_conv2d_triton), declared once in SPEC (one fake kernel,
+one autograd wiring, the choice of implementation).
 """
 import torch
 from torch._prims_common import suggest_memory_format
 
-from fastgen import _impl
-from fastgen.ops._common import call_backward, check_float, check_like, register_siblings
+from fastgen.ops._common import OpSpec, check_float, check_like
 from fastgen.reference import masked_conv2d as _reference
 
 OP = "masked_conv2d"
-# On CUDA tensors "auto" runs cuDNN (F.conv2d) on the pre-masked weight (_vendor): tensor cores;
-# our direct convolution is SIMT. "cuda" / "triton" stay selectable by name.
-GPU_DEFAULT = "vendor"
-
-
-# --- Triton sibling ops -------------------------------------------------------------------
-@torch.library.custom_op("fastgen::masked_conv2d_triton", mutates_args=())
-def _masked_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                          mask_type: str, data_channels: int) -> torch.Tensor:
-    from fastgen.kernels.masked_conv2d import masked_conv2d_forward
-
-    return masked_conv2d_forward(x, weight, bias, mask_type, data_channels)
-
-
-@torch.library.custom_op("fastgen::masked_conv2d_backward_triton", mutates_args=())
-def _masked_conv2d_backward_triton(
-        grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask_type: str,
-        data_channels: int, x_grad: bool, weight_grad: bool,
-        bias_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from fastgen.kernels.masked_conv2d import masked_conv2d_backward
-
-    return masked_conv2d_backward(grad_y, x, weight, mask_type, data_channels, x_grad,
-                                  weight_grad, bias_grad)
 
 
 # --- fake kernels ---------------------------------------------------------------------------
@@ -70,15 +47,12 @@ def _make_backward(backward_op):
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
-        gx, gw, gb = call_backward(OP, backward_op, grad_y, x, weight, ctx.mask_type, ctx.data_channels,
-                                   need[0], need[1], bool(ctx.has_bias and need[2]))
+        gx, gw, gb = backward_op(grad_y, x, weight, ctx.mask_type, ctx.data_channels,
+                                 need[0], need[1], bool(ctx.has_bias and need[2]))
         return (gx if need[0] else None, gw if need[1] else None,
                 gb if (ctx.has_bias and need[2]) else None, None, None)
 
     return backward
-
-
-register_siblings("masked_conv2d", _fake, _fake_backward, _setup_context, _make_backward)
 
 
 # --- the public op --------------------------------------------------------------------------
@@ -116,6 +90,16 @@ def _vendor(x, weight, bias, mask_type, data_channels):
     return torch.nn.functional.conv2d(x, masked, bias, padding=(kh // 2, kw // 2))
 
 
+# On CUDA tensors "auto" runs cuDNN (F.conv2d) on the pre-masked weight (_vendor): tensor cores;
+# our direct convolution is SIMT. "cuda" / "triton" stay selectable by name.
+SPEC = OpSpec(
+    OP, reference=_reference.masked_conv2d, gpu_default="vendor", vendor=_vendor, output=None,
+    schema="(Tensor x, Tensor weight, Tensor? bias, str mask_type, int data_channels) -> Tensor",
+    backward_schema="(Tensor grad_y, Tensor x, Tensor weight, str mask_type, int data_channels, bool x_grad, "
+                    "bool weight_grad, bool bias_grad) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)",
+    fake=_fake, fake_backward=_fake_backward, setup_context=_setup_context, make_backward=_make_backward)
+
+
 def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1):
     """PixelCNN masked convolution, same-size output.
 
@@ -124,15 +108,7 @@ def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1):
     contiguous). mask_type "A" excludes the centre tap (between equal colour groups),
     "B" includes it; data_channels: number of colour groups (R -> G -> B) the channels split into."""
     check_args(x, weight, bias, mask_type, data_channels)
-    impl = _impl.select(OP, x.device, GPU_DEFAULT)
-    if impl == "reference":
-        y = _reference.masked_conv2d(x, weight, bias, mask_type, data_channels)
-    elif impl == "vendor":
-        y = _vendor(x, weight, bias, mask_type, data_channels)
-    elif impl == "triton":
-        y = torch.ops.fastgen.masked_conv2d_triton(x, weight, bias, mask_type, data_channels)
-    else:
-        y = torch.ops.fastgen.masked_conv2d(x, weight, bias, mask_type, data_channels)
+    y = SPEC.dispatch(x.device, x, weight, bias, mask_type, data_channels)
     # The kernels return channels-last; every impl hands back the layout F.conv2d gives, by ATen's
     # rule on x's strides (suggest_memory_format, which also tells a channels-last x of one
     # channel from a contiguous one): channels-last for a channels-last x (a stack of layers fed

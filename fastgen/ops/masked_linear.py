@@ -13,22 +13,18 @@ with Wm = where(M, W, 0). A layout is two int64 CPU tensors (G, 4): row groups [
 partitioning 0..O, column groups [c0, c1, r0, r1] partitioning 0..I.
 
 Implementations: "reference", "cpp"/"cuda" (fastgen::masked_linear) and "triton"
-(fastgen::masked_linear_triton), sharing one fake kernel and one autograd wiring.
+(fastgen::masked_linear_triton), declared once in SPEC (one fake kernel, one autograd wiring, the
+choice of implementation).
 """
 import math
 import weakref
 
 import torch
 
-from fastgen import _impl
-from fastgen.ops._common import call_backward, check_float, check_like, register_siblings
+from fastgen.ops._common import OpSpec, check_float, check_like
 from fastgen.reference import masked_linear as _reference
 
 OP = "masked_linear"
-# On CUDA tensors "auto" runs cuBLAS on the pre-masked weight (the reference's matmul on
-# where(M, W, 0): tensor cores, masked weights get exact-zero gradients); the SIMT kernel of ours
-# is one to two orders of magnitude slower by estimate. "cuda" / "triton" by name.
-GPU_DEFAULT = "vendor"
 # Re-measured with the CPU kernel on oneDNN (about 10 us a GEMM call, ~230 GFLOP/s a core: one
 # call is worth ~4500 weight entries at batch 256): MADE layers at D=784, H=2048 ran within noise
 # of each other for tiles 32..256 and thresholds 2048..4096, so the values stay.
@@ -164,26 +160,6 @@ def dense_layout(out_features, in_features):
     return MaskLayout(row, col)
 
 
-# --- Triton sibling ops -------------------------------------------------------------------
-@torch.library.custom_op("fastgen::masked_linear_triton", mutates_args=())
-def _masked_linear_triton(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
-                          bias: torch.Tensor | None, row_blocks: torch.Tensor,
-                          col_blocks: torch.Tensor) -> torch.Tensor:
-    from fastgen.kernels.masked_linear import masked_linear_forward
-
-    return masked_linear_forward(x, weight, mask, bias, row_blocks)
-
-
-@torch.library.custom_op("fastgen::masked_linear_backward_triton", mutates_args=())
-def _masked_linear_backward_triton(
-        grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
-        row_blocks: torch.Tensor, col_blocks: torch.Tensor,
-        output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from fastgen.kernels.masked_linear import masked_linear_backward
-
-    return masked_linear_backward(grad_y, x, weight, mask, row_blocks, col_blocks, output_mask)
-
-
 # --- fake kernels -------------------------------------------------------------------------
 def _fake(x, weight, mask, bias, row_blocks, col_blocks):
     return x.new_empty((x.shape[0], weight.shape[0]))
@@ -208,15 +184,35 @@ def _make_backward(backward_op):
         x, weight, mask, row_blocks, col_blocks = ctx.saved_tensors
         need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 ctx.has_bias and ctx.needs_input_grad[3]]
-        gx, gw, gb = call_backward(OP, backward_op, grad_y.contiguous(), x, weight, mask, row_blocks,
-                                   col_blocks, need)
+        gx, gw, gb = backward_op(grad_y.contiguous(), x, weight, mask, row_blocks, col_blocks, need)
         return (gx if need[0] else None, gw if need[1] else None, None,
                 gb if need[2] else None, None, None)
 
     return backward
 
 
-register_siblings("masked_linear", _fake, _fake_backward, _setup_context, _make_backward)
+def _reference_call(x, weight, mask, bias, layout):
+    return _reference.masked_linear(x, weight, mask, bias)
+
+
+def _call_kernel(op, x, weight, mask, bias, layout):
+    """The kernels take x as (N, I) and a layout (built here when none is given)."""
+    if layout is None:
+        layout = dense_layout(*weight.shape) if torch.compiler.is_compiling() else mask_layout(mask)
+    lead = x.shape[:-1]
+    y = op(x.reshape(math.prod(lead), x.shape[-1]), weight, mask, bias, layout.row_blocks, layout.col_blocks)
+    return y.view(*lead, weight.shape[0])
+
+
+# On CUDA tensors "auto" runs cuBLAS on the pre-masked weight (the reference's matmul on
+# where(M, W, 0): tensor cores, masked weights get exact-zero gradients); the SIMT kernel of ours
+# is one to two orders of magnitude slower by estimate. "cuda" / "triton" by name.
+SPEC = OpSpec(
+    OP, reference=_reference_call, gpu_default="vendor", vendor=_reference_call, call_kernel=_call_kernel,
+    schema="(Tensor x, Tensor weight, Tensor mask, Tensor? bias, Tensor row_blocks, Tensor col_blocks) -> Tensor",
+    backward_schema="(Tensor grad_y, Tensor x, Tensor weight, Tensor mask, Tensor row_blocks, Tensor col_blocks, "
+                    "bool[3] output_mask) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)",
+    fake=_fake, fake_backward=_fake_backward, setup_context=_setup_context, make_backward=_make_backward)
 
 
 # --- the public op --------------------------------------------------------------------------
@@ -273,13 +269,4 @@ def masked_linear(x, weight, mask, bias=None, layout=None):
         if not compiling and not layout.covers(given_mask):
             raise ValueError(f"fastgen.{OP}: layout does not belong to this mask (the mask has "
                              "non-zeros outside the layout's blocks); build it with mask_layout(mask)")
-    impl = _impl.select(OP, x.device, GPU_DEFAULT)
-    if impl == "reference" or impl == "vendor":
-        return _reference.masked_linear(x, weight, mask, bias)
-    if layout is None:
-        layout = dense_layout(*weight.shape) if compiling else mask_layout(mask)
-    lead = x.shape[:-1]
-    x2 = x.reshape(math.prod(lead), x.shape[-1])
-    fn = torch.ops.fastgen.masked_linear_triton if impl == "triton" else torch.ops.fastgen.masked_linear
-    y = fn(x2, weight, mask, bias, layout.row_blocks, layout.col_blocks)
-    return y.view(*lead, weight.shape[0])
+    return SPEC.dispatch(x.device, x, weight, mask, bias, layout)

@@ -4,35 +4,16 @@ Implementations: "reference" (fastgen.reference.nade, the cumsum formula), "cpp"
 compiled op fastgen::nade behind the dispatcher) and "triton" (the sibling op
 fastgen::nade_triton). The compiled and Triton ops return, besides the logits, a_last (N, H):
 the last step's pre-activation in float64, from which the backward op (the reverse walk over
-the steps) recovers every earlier one; it skips v's gradient when v needs none. They share one fake kernel and one autograd wiring.
-Double backward is not supported (the backward ops raise if differentiated).
+the steps) recovers every earlier one; it skips v's gradient when v needs none. Both siblings are
+declared once, in SPEC (one fake kernel, one autograd wiring, the choice of implementation).
+Double backward is not supported (differentiating a gradient raises).
 """
 import torch
 
-from fastgen import _ext, _impl
-from fastgen.ops._common import check_float, check_like, register_siblings
+from fastgen.ops._common import OpSpec, check_float, check_like
 from fastgen.reference import nade as _reference
 
 OP = "nade"
-GPU_DEFAULT = "cuda"
-
-
-# --- Triton sibling ops -------------------------------------------------------------------
-@torch.library.custom_op("fastgen::nade_triton", mutates_args=())
-def _nade_triton(v: torch.Tensor, W: torch.Tensor, c: torch.Tensor, V: torch.Tensor,
-                 b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from fastgen.kernels.nade import nade_forward
-
-    return nade_forward(v, W, c, V, b)
-
-
-@torch.library.custom_op("fastgen::nade_backward_triton", mutates_args=())
-def _nade_backward_triton(
-        grad_logits: torch.Tensor, v: torch.Tensor, W: torch.Tensor, V: torch.Tensor, a_last: torch.Tensor,
-        v_requires_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from fastgen.kernels.nade import nade_backward
-
-    return nade_backward(grad_logits, v, W, V, a_last, v_requires_grad)
 
 
 # --- fake kernels (shapes only: torch.compile traces through them) ------------------------
@@ -68,17 +49,12 @@ def _make_backward(backward_op):
     return backward
 
 
-register_siblings(OP, _fake, _fake_backward, _setup_context, _make_backward)
-
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError("double backward is not supported by fastgen.nade (its backward is a fused op "
-                       "without a derivative); use fastgen.use_impl('reference') for higher-order gradients")
-
-
-for _name in ["nade_backward_triton"] + (["nade_backward"] if _ext.AVAILABLE else []):
-    torch.library.register_autograd(f"fastgen::{_name}", _no_double_backward,
-                                    setup_context=lambda ctx, inputs, output: None)
+SPEC = OpSpec(
+    OP, reference=_reference.nade,
+    schema="(Tensor v, Tensor W, Tensor c, Tensor V, Tensor b) -> (Tensor logits, Tensor a_last)",
+    backward_schema="(Tensor grad_logits, Tensor v, Tensor W, Tensor V, Tensor a_last, bool v_requires_grad) "
+                    "-> (Tensor grad_v, Tensor grad_W, Tensor grad_c, Tensor grad_V, Tensor grad_b)",
+    fake=_fake, fake_backward=_fake_backward, setup_context=_setup_context, make_backward=_make_backward)
 
 
 # --- the public op --------------------------------------------------------------------------
@@ -113,9 +89,4 @@ def nade(v, W, c, V, b):
     + b[t, l]: the conditional logits of step t given the earlier steps (L = 1: a Bernoulli
     logit; L = K: K-level categorical). Differentiable in all five arguments."""
     check_nade_inputs(v, W, c, V, b)
-    impl = _impl.select(OP, v.device, GPU_DEFAULT)
-    if impl == "reference":
-        return _reference.nade(v, W, c, V, b)
-    if impl == "triton":
-        return torch.ops.fastgen.nade_triton(v, W, c, V, b)[0]
-    return torch.ops.fastgen.nade(v, W, c, V, b)[0]
+    return SPEC.dispatch(v.device, v, W, c, V, b)

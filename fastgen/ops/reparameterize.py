@@ -2,37 +2,18 @@
 
 Implementations: "reference" (fastgen.reference.reparameterize), "cpp"/"cuda" (the compiled op
 fastgen::reparameterize behind the dispatcher) and "triton" (the sibling op
-fastgen::reparameterize_triton). They share one fake kernel and the same backward math. The
-compiled op's autograd lives in C++ (csrc/reparameterize/reparameterize.cpp): a Python backward
-would cost more than the kernels at dispatch-bound sizes. The Triton sibling is a Python
-custom_op, wired with register_autograd.
+fastgen::reparameterize_triton), declared once in SPEC: one fake kernel, the same backward math,
+the choice of implementation. The compiled op's autograd lives in C++
+(csrc/reparameterize/reparameterize.cpp): a Python backward would cost more than the kernels at
+dispatch-bound sizes. The Triton sibling is a Python custom_op, wired by the spec.
 """
 import torch
 
-from fastgen import _ext, _impl
-from fastgen.ops._common import call_backward, FLOAT_DTYPES, check_float, check_like, register_siblings
+from fastgen import _ext
+from fastgen.ops._common import FLOAT_DTYPES, OpSpec, check_float, check_like
 from fastgen.reference import reparameterize as _reference
 
 OP = "reparameterize"
-GPU_DEFAULT = "cuda"
-
-
-# --- Triton sibling ops -------------------------------------------------------------------
-@torch.library.custom_op("fastgen::reparameterize_triton", mutates_args=())
-def _reparameterize_triton(mu: torch.Tensor, logvar: torch.Tensor,
-                           eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from fastgen.kernels.reparameterize import reparameterize_forward
-
-    return reparameterize_forward(mu, logvar, eps)
-
-
-@torch.library.custom_op("fastgen::reparameterize_backward_triton", mutates_args=())
-def _reparameterize_backward_triton(
-        grad_z: torch.Tensor, grad_kl: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-        eps: torch.Tensor, eps_requires_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from fastgen.kernels.reparameterize import reparameterize_backward
-
-    return reparameterize_backward(grad_z, grad_kl, mu, logvar, eps, eps_requires_grad)
 
 
 # --- fake kernels (shapes only: torch.compile traces through them) ------------------------
@@ -56,14 +37,26 @@ def _make_backward(backward_op):
         grad_z = torch.zeros_like(mu) if grad_z is None else grad_z
         grad_kl = mu.new_zeros(mu.shape[:-1]) if grad_kl is None else grad_kl
         eps_grad = ctx.needs_input_grad[2]
-        dmu, dlogvar, deps = call_backward(OP, backward_op, grad_z, grad_kl, mu, logvar, eps, eps_grad)
+        dmu, dlogvar, deps = backward_op(grad_z, grad_kl, mu, logvar, eps, eps_grad)
         return dmu, dlogvar, (deps if eps_grad else None)
 
     return backward
 
 
-register_siblings("reparameterize", _fake, _fake_backward, _setup_context, _make_backward,
-                  compiled_autograd=False)
+def _call_kernel(op, mu, logvar, eps):
+    if (op is SPEC.compiled and not torch.compiler.is_compiling() and type(mu) is torch.Tensor
+            and type(logvar) is torch.Tensor and type(eps) is torch.Tensor):
+        # eager, plain tensors: the same op through a native binding (see csrc/fastgen.cpp)
+        return _ext.native.reparameterize(mu, logvar, eps)
+    return op(mu, logvar, eps)
+
+
+SPEC = OpSpec(
+    OP, reference=_reference.reparameterize, call_kernel=_call_kernel, compiled_autograd=False,
+    schema="(Tensor mu, Tensor logvar, Tensor eps) -> (Tensor z, Tensor kl)",
+    backward_schema="(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, Tensor eps, bool eps_requires_grad) "
+                    "-> (Tensor grad_mu, Tensor grad_logvar, Tensor grad_eps)",
+    fake=_fake, fake_backward=_fake_backward, setup_context=_setup_context, make_backward=_make_backward)
 
 
 # --- the public op --------------------------------------------------------------------------
@@ -93,13 +86,4 @@ def reparameterize(mu, logvar, eps=None, *, generator=None):
         check_float(OP, "mu", mu, min_dim=1)
         check_like(OP, "mu", mu, "logvar", logvar)
         check_like(OP, "mu", mu, "eps", eps)
-    impl = _impl.select(OP, mu.device, GPU_DEFAULT)
-    if impl == "cpp" or impl == "cuda":
-        if (type(mu) is torch.Tensor and type(logvar) is torch.Tensor and type(eps) is torch.Tensor
-                and not torch.compiler.is_compiling()):
-            # eager, plain tensors: the same op through a native binding (see csrc/fastgen.cpp)
-            return _ext.native.reparameterize(mu, logvar, eps)
-        return torch.ops.fastgen.reparameterize.default(mu, logvar, eps)
-    if impl == "triton":
-        return torch.ops.fastgen.reparameterize_triton.default(mu, logvar, eps)
-    return _reference.reparameterize(mu, logvar, eps)
+    return SPEC.dispatch(mu.device, mu, logvar, eps)

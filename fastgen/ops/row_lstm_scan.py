@@ -5,34 +5,15 @@ Implementations: "reference" (fastgen.reference.row_lstm_scan, the loop over row
 fastgen::row_lstm_scan_triton). The compiled and Triton ops return, besides the hidden states,
 the cell states and activated gates in a row-major workspace layout, (H, h, B, W) and
 (H, 4h, B, W), in the accumulation dtype (float32 for bfloat16 inputs); the backward op (the
-reverse scan) consumes them. They share one fake kernel and one autograd wiring.
+reverse scan) consumes them. Both siblings are declared once, in SPEC (one fake kernel, one
+autograd wiring, the choice of implementation).
 """
 import torch
 
-from fastgen import _impl
-from fastgen.ops._common import call_backward, check_float, check_like, register_siblings
+from fastgen.ops._common import OpSpec, check_float, check_like
 from fastgen.reference import row_lstm_scan as _reference
 
 OP = "row_lstm_scan"
-GPU_DEFAULT = "cuda"
-
-
-# --- Triton sibling ops -------------------------------------------------------------------
-@torch.library.custom_op("fastgen::row_lstm_scan_triton", mutates_args=())
-def _row_lstm_scan_triton(input_gates: torch.Tensor, weight_ss: torch.Tensor,
-                          bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from fastgen.kernels.row_lstm_scan import row_lstm_scan_forward
-
-    return row_lstm_scan_forward(input_gates, weight_ss, bias)
-
-
-@torch.library.custom_op("fastgen::row_lstm_scan_backward_triton", mutates_args=())
-def _row_lstm_scan_backward_triton(
-        grad_hidden: torch.Tensor, weight_ss: torch.Tensor, hidden: torch.Tensor, cell: torch.Tensor,
-        gates: torch.Tensor, bias_requires_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from fastgen.kernels.row_lstm_scan import row_lstm_scan_backward
-
-    return row_lstm_scan_backward(grad_hidden, weight_ss, hidden, cell, gates, bias_requires_grad)
 
 
 # --- fake kernels (shapes only: torch.compile traces through them) ------------------------
@@ -71,13 +52,18 @@ def _make_backward(backward_op):
         weight_ss, hidden, cell, gates = ctx.saved_tensors
         grad_hidden = torch.zeros_like(hidden) if grad_hidden is None else grad_hidden
         bias_grad = ctx.has_bias and ctx.needs_input_grad[2]
-        gx, gw, gb = call_backward(OP, backward_op, grad_hidden, weight_ss, hidden, cell, gates, bias_grad)
+        gx, gw, gb = backward_op(grad_hidden, weight_ss, hidden, cell, gates, bias_grad)
         return gx, gw, (gb if bias_grad else None)
 
     return backward
 
 
-register_siblings("row_lstm_scan", _fake, _fake_backward, _setup_context, _make_backward)
+SPEC = OpSpec(
+    OP, reference=_reference.row_lstm_scan,
+    schema="(Tensor input_gates, Tensor weight_ss, Tensor? bias) -> (Tensor hidden, Tensor cell, Tensor gates)",
+    backward_schema="(Tensor grad_hidden, Tensor weight_ss, Tensor hidden, Tensor cell, Tensor gates, "
+                    "bool bias_requires_grad) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)",
+    fake=_fake, fake_backward=_fake_backward, setup_context=_setup_context, make_backward=_make_backward)
 
 
 # --- the public op --------------------------------------------------------------------------
@@ -112,9 +98,4 @@ def row_lstm_scan(input_gates, weight_ss, bias=None):
     plus bias, in torch.nn.LSTM order (i, f, g, o); c_r = f c_{r-1} + i g, h_r = o tanh(c_r).
     Differentiable in all three arguments."""
     check_row_lstm_inputs(input_gates, weight_ss, bias)
-    impl = _impl.select(OP, input_gates.device, GPU_DEFAULT)
-    if impl == "reference":
-        return _reference.row_lstm_scan(input_gates, weight_ss, bias)
-    if impl == "triton":
-        return torch.ops.fastgen.row_lstm_scan_triton(input_gates, weight_ss, bias)[0]
-    return torch.ops.fastgen.row_lstm_scan(input_gates, weight_ss, bias)[0]
+    return SPEC.dispatch(input_gates.device, input_gates, weight_ss, bias)

@@ -12,6 +12,7 @@ import fastgen.reference.masked_conv2d
 from fastgen import _ext, _impl
 from fastgen.ops import (discriminator_loss, generator_loss, masked_conv2d, masked_linear,
                          reparameterize, row_lstm_scan)
+from fastgen.ops._common import SPECS
 from fastgen.reference import gan_loss as ref_gan
 from fastgen.reference.masked_conv2d import masked_conv2d as ref_conv
 from fastgen.reference.masked_linear import masked_linear as ref_linear
@@ -229,9 +230,7 @@ def test_auto_takes_the_vendor_path_for_masked_linear_and_conv():
     ours stay selectable by name."""
     with fastgen.use_impl("auto"):
         for op in ("masked_linear", "masked_conv2d"):
-            module = getattr(fastgen.ops, op).__module__
-            gpu_default = __import__(module, fromlist=["GPU_DEFAULT"]).GPU_DEFAULT
-            assert _impl.select(op, torch.device("cuda"), gpu_default) == "vendor"
+            assert SPECS[op].select(torch.device("cuda")) == "vendor"
         x, w = torch.randn(4, 9, device="cuda"), torch.randn(5, 9, device="cuda", requires_grad=True)
         m = _staircase(5, 9).cuda()
         masked_linear(x, w, m).sum().backward()

@@ -9,7 +9,7 @@ from fastgen import _ext
 from fastgen.nn import MaskedLinear
 from fastgen.ops import mask_layout, masked_linear
 from fastgen.reference.masked_linear import masked_linear as reference
-from tests.conftest import FLOAT_DTYPES, assert_close_bf16
+from tests.conftest import FLOAT_DTYPES, KERNEL_IMPLS, assert_close_bf16
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
 # (x shape, out_features): tiny, odd, 3-D, empty batch, no inputs, no outputs
@@ -69,6 +69,7 @@ def test_gradients_match_reference_and_masked_grads_are_zero(impl, device, x_sha
         torch.testing.assert_close(a, o, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("impl", KERNEL_IMPLS, indirect=True)  # ours: the reference's is torch's
 def test_gradcheck_float64(impl, device):
     x, w, m, b = _inputs((3, 7), 5, torch.float64, device, requires_grad=True)
     lay = mask_layout(m, tile=2, overhead=0)
@@ -157,7 +158,8 @@ def test_module_is_nn_linear_with_full_mask_and_zero_grads_when_masked(impl, dev
     ml.set_mask(staircase_mask(4, 6).float())
     ml(x).sum().backward()
     assert torch.all(ml.weight.grad[~ml.mask] == 0)
-    assert torch.all(ml.weight.grad[ml.mask] != 0) or not ml.mask.any()
+    assert ml.mask.any() and not ml.mask.all()  # both kinds of entry are there to be tested
+    assert torch.all(ml.weight.grad[ml.mask] != 0)
 
 
 def test_layout_covers_mask_and_skips_zero_blocks():

@@ -9,7 +9,7 @@ from fastgen import _ext
 from fastgen.ops import nade
 from fastgen.reference.nade import nade as reference
 from fastgen.reference.nade import nade_loop
-from tests.conftest import RUNNABLE_IMPLS, TRITON_DEVICE, assert_close_bf16
+from tests.conftest import KERNEL_IMPLS, RUNNABLE_IMPLS, TRITON_DEVICE, assert_close_bf16
 
 # (N, D, H, L): Bernoulli and categorical heads (L = 6 takes the CPU kernel's GEMM head), D = 1,
 # H = 1, H beyond a vector with a ragged tail, N not a multiple of the thread count
@@ -84,6 +84,7 @@ def test_cpp_long_sequence(levels):
     assert torch.equal(a_last.float(), cumsum_last)
 
 
+@pytest.mark.parametrize("impl", KERNEL_IMPLS, indirect=True)  # ours: the reference's is torch's
 def test_gradcheck(impl, device):
     shape = (2, 3, 3, 2) if impl == "triton" else (3, 4, 5, 2)
     args = make(*shape, device=device, levels=3)

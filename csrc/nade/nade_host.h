@@ -4,7 +4,7 @@
 
 #include <ATen/ATen.h>
 
-#include "fastgen_check.h"
+#include "fastgen_host.h"
 
 namespace fastgen {
 

@@ -6,7 +6,7 @@
 
 #include <vector>
 
-#include "fastgen_check.h"
+#include "fastgen_host.h"
 #include "masked_linear/masked_linear.h"
 
 namespace fastgen {

@@ -1,7 +1,7 @@
 // Input checks of the reparameterize kernels, shared by the CPU and CUDA files.
 #pragma once
 
-#include "fastgen_check.h"
+#include "fastgen_host.h"
 
 namespace fastgen {
 

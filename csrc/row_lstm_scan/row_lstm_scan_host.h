@@ -6,7 +6,7 @@
 
 #include <optional>
 
-#include "fastgen_check.h"
+#include "fastgen_host.h"
 
 namespace fastgen {
 
