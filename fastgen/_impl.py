@@ -75,7 +75,8 @@ def triton_available(device_type):
     return device_type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _can_serve(impl, device_type):
+def can_serve(impl, device_type):
+    """(True, "") when implementation `impl` can run on `device_type` here, else (False, why)."""
     if impl == "reference":
         return True, ""
     if impl == "cpp":
@@ -107,10 +108,10 @@ def select(op, device, gpu_default="cuda"):
                 return "vendor"
             other = "triton" if gpu_default == "cuda" else "cuda"
             for candidate in (gpu_default, other):
-                if _can_serve(candidate, device_type)[0]:
+                if can_serve(candidate, device_type)[0]:
                     return candidate
         return "reference"
-    ok, why = _can_serve(impl, device_type)
+    ok, why = can_serve(impl, device_type)
     if not ok:
         raise ImplUnavailableError(f"fastgen.{op}: implementation {impl!r} is unavailable: {why}")
     return impl

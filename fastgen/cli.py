@@ -280,7 +280,7 @@ def cmd_info(args):
         except ModelError:
             models[name] = "not in this build"
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    runnable = {d: [i for i in ("reference", "cpp", "cuda", "triton") if _impl._can_serve(i, d)[0]] for d in devices}
+    runnable = {d: [i for i in ("reference", "cpp", "cuda", "triton") if _impl.can_serve(i, d)[0]] for d in devices}
     info = {**fastgen.build_info(), "python": platform.python_version(), "impl": fastgen.get_impl(),
             "runnable_impls": runnable, "triton": version("triton"), "numpy": version("numpy"),
             "optional": {p: version(p) for p in ("scikit-learn", "mlxtend", "tqdm", "pillow")},
