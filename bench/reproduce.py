@@ -13,6 +13,7 @@ The run folder (bench/runs/MODEL) holds checkpoint.pt, written atomically every 
 at every epoch end, with everything needed to go on exactly (weights, Adam state, epoch, batch,
 learning rate, plateau counters, best weights, history, the noise generator). --hours H stops
 after H hours of training in this invocation (checkpoint written); --resume goes on from it.
+SIGTERM or Ctrl-C stops the same way: after the current minibatch, checkpoint and report.
 Early stopping on the validation NLL, the learning rate decayed on a plateau (the recipe's); a
 plateau is an epoch that gains less than MIN_GAIN = 0.01 nats.
 
@@ -25,6 +26,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -191,6 +193,13 @@ def train(name, args):
     per_epoch = math.ceil(n / bs)
     start = last_save = time.time()
     out_of_time = False
+    stop = []  # SIGTERM / SIGINT: finish the batch, save, report the best weights, exit
+
+    def on_signal(signum, frame):
+        stop.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     print(f"{name}: {free_parameters(model):,} free parameters, epoch {st['epoch']} batch {st['batch']}, "
           f"lr {st['lr']:.2e}, {args.threads} thread(s)", file=sys.stderr, flush=True)
     while not st["finished"] and not out_of_time:
@@ -214,7 +223,7 @@ def train(name, args):
             sums[1] += len(xb)
             st["batch"] = b + 1
             now = time.time()
-            if now - start > args.hours * 3600:
+            if now - start > args.hours * 3600 or stop:
                 out_of_time = True
                 break
             if now - last_save > SAVE_EVERY:
