@@ -71,15 +71,21 @@ inline C reduce_sum(at::vec::Vectorized<C> x) {  // by value: a reference would 
 // than the transposition (the allocator hands such blocks back to the system on free).
 constexpr int64_t kSteps = 16;
 
-// rows [t0, t1) of W^T restricted to units [j0, j1): W (H, D) -> buf (t1 - t0, j1 - j0); then
-// the columns [next, next + kSteps) are prefetched (into L2): the next block's, whose lines,
-// one per row of W, would otherwise each be a cache miss in the next call
+// rows [t0, t1) of W^T restricted to units [j0, j1): W (H, D) -> buf (t1 - t0, j1 - j0)
 template <typename C>
-inline void load_wt_block(const C* W, int64_t D, int64_t j0, int64_t j1, int64_t t0, int64_t t1, C* buf,
-                          int64_t next) {
-  transpose_tiles<C, C>(W + j0 * D + t0, D, buf, j1 - j0, j1 - j0, t1 - t0);
-  if (next >= 0 && next < D)
-    for (int64_t j = j0; j < j1; ++j) __builtin_prefetch(W + j * D + next, 0, 2);
+inline void load_wt_block(const C* W, int64_t D, int64_t j0, int64_t j1, int64_t t0, int64_t t1, C* buf) {
+  transpose_block(W + j0 * D + t0, D, buf, j1 - j0, j1 - j0, t1 - t0);
+}
+
+// Fetches the cache lines of column t of rows [j0, j1) of m (H, D), one line per row, which
+// the next block's transposition reads (W) or writes (dW): issued one step ahead, while that
+// step's work hides their latency (a block ahead they were evicted again before use).
+template <typename C>
+inline void prefetch_column(const C* m, int64_t D, int64_t j0, int64_t j1, int64_t t, bool write) {
+  if (write)
+    for (int64_t j = j0; j < j1; ++j) __builtin_prefetch(m + j * D + t, 1, 3);
+  else
+    for (int64_t j = j0; j < j1; ++j) __builtin_prefetch(m + j * D + t, 0, 3);
 }
 
 // Forward of examples [n0, n1): logits rows into out (N, D, L); the running sum lives in a_last's
@@ -98,7 +104,8 @@ void forward_chunk_fused(const Args<C>& A, int64_t n0, int64_t n1, C* out, doubl
   }
   constexpr int kGroup = 4;  // examples per pass of the dot products: each row of V_t loaded once for them
   for (int64_t t = 0; t < D; ++t) {
-    if (t % kSteps == 0) load_wt_block(A.W, D, 0, H, t, std::min(t + kSteps, D), wb, t + kSteps);
+    if (t % kSteps == 0) load_wt_block(A.W, D, 0, H, t, std::min(t + kSteps, D), wb);
+    if ((t + 1) % kSteps == 0 && t + 1 < D) prefetch_column(A.W, D, 0, H, t + 1, false);
     const C* w_t = wb + (t % kSteps) * H;
     const C* V_t = A.V + t * L * H;
     // logits of examples n, ..., n + G - 1 (G = 1 or 4), head row by head row: named accumulators
@@ -186,9 +193,13 @@ void backward_units_fused(const Args<C>& A, const C* g, const double* a_last, in
   constexpr int kGroup = LF <= 2 ? 4 : 2;
   for (int64_t t1 = D; t1 > 0; t1 -= kSteps) {
     const int64_t t0 = std::max<int64_t>(t1 - kSteps, 0);
-    load_wt_block(A.W, D, j0, j1, t0, t1, wb, t0 - kSteps);
+    load_wt_block(A.W, D, j0, j1, t0, t1, wb);
     std::fill(dwb, dwb + (t1 - t0) * hw, C(0));
     for (int64_t t = t1 - 1; t >= t0; --t) {
+      if (t == t0 && t0 > 0) {  // the next block's columns of W and dW
+        prefetch_column(A.W, D, j0, j1, std::max<int64_t>(t0 - kSteps, 0), false);
+        prefetch_column(gW, D, j0, j1, std::max<int64_t>(t0 - kSteps, 0), true);
+      }
       const C* w_t = wb + (t - t0) * hw;
       const C* V_t = A.V + t * LH + j0;  // row l at l * H
       C* dw_t = dwb + (t - t0) * hw;
@@ -245,7 +256,7 @@ void backward_units_fused(const Args<C>& A, const C* g, const double* a_last, in
       for (; j + kGroup * VS <= hw; j += kGroup * VS) gemv(j, Full(), std::integral_constant<int, kGroup>());
       for_vectors<C>(hw - j, [&](int64_t jj, auto k) { gemv(j + jj, k, std::integral_constant<int, 1>()); });
     }
-    transpose_tiles<C, C>(dwb, hw, gW + j0 * D + t0, D, t1 - t0, hw);
+    transpose_block(dwb, hw, gW + j0 * D + t0, D, t1 - t0, hw);
   }
   std::vector<double> dc(hw, 0.0);
   for (int64_t n = 0; n < N; ++n) {
