@@ -1,31 +1,34 @@
 // CPU kernels of nade: the tied-weight NADE layer in O(N D H) time and O(N H) extra memory.
 //
 // Math (nade.h): a_0 = c, a_{t+1} = a_t + W[:, t] v_t, h_t = sigmoid(a_t),
-// logits[n, t, l] = V[t, l] . h_t + b[t, l]. Nothing of size (N, D, H) is stored: threads split
-// the examples into one chunk each, and a chunk walks the steps t = 0..D-1 with its running
-// pre-activations a (nb, H) in float64 (L2-resident: 32 x 500 doubles = 128 KB). Per (example,
-// step) one vector pass over H computes h_t, the head's dot products and the next a.
-// The backward walks t = D-1..0 from a_{D-1} (saved by the forward, (N, H) float64), recovering
-// a_{t-1} = a_t - W[:, t-1] v_{t-1} by subtracting exactly what the forward added, and carries
-// R = sum_{t' > t} da_{t'} (float64 too); again one pass over H per (example, step) gives dh, da,
-// dv_t = W_t . R, and adds into the chunk's own dW (D, H) and dV (D, L, H); dc = R at the end.
+// logits[n, t, l] = V[t, l] . h_t + b[t, l]. Nothing of size (N, D, H) is stored: the forward
+// walks the steps t = 0..D-1 with the running pre-activations a (N, H) in float64; the backward
+// walks t = D-1..0 from a_{D-1} (saved by the forward, (N, H) float64), recovering
+// a_t = a_{t+1} - W[:, t] v_t by subtracting exactly what the forward added, and carries
+// R = sum_{t' > t} da_{t'} (float64 too): dv_t = W_t . R, dW_t += v_t R, dV_t += g_t h_t,
+// dc = R at the end.
 //
-// Where GEMMs fit: with L = 1 (the Bernoulli head) every per-step product is rank one (h_t . V_t,
-// g_t V_t, g_t h_t, v_t R, W_t . R): GEMMs of inner or outer dimension 1 run at the speed of the
-// fused pass at best, and the pass reads a, R, W_t and V_t once for all five. For wide heads
-// (L > kFusedHeads, a K-level categorical NADE) the head's products are real GEMMs per step and
-// chunk, logits_t (nb, L) = h (nb, H) V_t^T, dh (nb, H) = g_t V_t, dV_t += g_t^T h, run through
-// gemm_rowmajor (oneDNN's brgemm for float32, fastgen_gemm.h); the pass keeps the rest.
-// Zero inputs (most pixels of binary images) skip their terms: a + 0 W, dW_t += 0 R.
-// The cost is the sigmoid, twice per (example, step, unit): nade_vec.h has a fast float32 one.
-// float32 and bfloat16 compute in float32 (bf16 converted on entry) with float64 running sums;
-// float64 in float64. The chunk partition depends only on the sizes and the thread count, and
-// per-chunk gradient buffers are summed in chunk order: results are deterministic for a thread
-// count.
+// Heads up to kFusedHeads logits (the Bernoulli head, L = 1) run fused: h = sigmoid(a) changes
+// only at steps with v_t != 0 (one in five to seven for binary digits), the only steps where a,
+// R and the sigmoid are touched, in one vector pass over H per (example, step); in between, a
+// step is the head's dot products (forward, four examples at a time) or dV_t = sum_n g h_n (a
+// register-blocked GEMV over the examples, backward). Threads split the examples in the forward
+// and the hidden units in the backward, whose every gradient but grad_v is then a sum over
+// examples: each thread writes its own columns straight into the outputs, nothing to sum after.
+// W is read in transposed blocks of kSteps columns (and dW written back so): no temporary of
+// W's size, whose fresh pages cost more than the transposition (the allocator hands blocks of
+// megabytes back to the system when they are freed).
+// Wider heads (K-level categorical NADE) have real GEMMs per step, logits_t = h V_t^T,
+// dh = g_t V_t, dV_t = g_t^T h, run through gemm_rowmajor (oneDNN's brgemm for float32,
+// fastgen_gemm.h) with the pass between them; threads split the examples, each with its own dW
+// and dV, summed in chunk order.
+// The sigmoid is most of the remaining cost: nade_vec.h has a fast float32 one. float32 and
+// bfloat16 compute in float32 (bf16 converted on entry) with float64 running sums; float64 in
+// float64. Partitions depend only on the sizes and the thread count, and partial sums are
+// added in a fixed order: results are deterministic for a thread count.
 #include <torch/library.h>
 
 #include <algorithm>
-#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -41,14 +44,15 @@ namespace {
 using at::Tensor;
 using namespace nade_vec;
 constexpr int64_t kFusedHeads = 4;  // heads up to this width run fused in the pass; wider ones on GEMMs
-constexpr int64_t kUnitBlock = 16;  // the fused backward splits H among threads in blocks of this many units (whole vectors)
+constexpr int64_t kSteps = 16;      // columns of W per transposed block
+constexpr int64_t kUnitBlock = 16;  // the fused backward splits H among threads in blocks of whole vectors
 
 template <typename C>
 struct Args {
   int64_t N, D, H, L;
   const C* v;   // (N, D)
   const C* W;   // (H, D)
-  const C* wt;  // (D, H): W transposed, row t = W[:, t] (the GEMM head's; the fused heads transpose blocks)
+  const C* wt;  // (D, H): W transposed, row t = W[:, t] (GEMM head; the fused heads transpose blocks)
   const C* c;   // (H,)
   const C* V;   // (D, L, H)
   const C* VT;  // (D, H, L): the GEMM head's operand (wide heads only)
@@ -56,37 +60,7 @@ struct Args {
 };
 
 template <typename C>
-inline C reduce_sum(at::vec::Vectorized<C> x) {  // by value: a reference would keep accumulators in memory
-  using Vec = at::vec::Vectorized<C>;
-  return at::vec::vec_reduce_all<C>([](Vec& p, Vec& q) { return p + q; }, x);
-}
-
-// Fused heads (L <= kFusedHeads) keep h = sigmoid(a) of each example in a cache: a changes only
-// at steps with v_t != 0 (about one in seven for binary digits), and only there is the sigmoid
-// evaluated; every other step is a dot product with V_t (forward) or a few fused multiply-adds
-// (backward). The results are those of evaluating it at every step, bit for bit.
-//
-// W is read in blocks of kSteps columns, transposed into a small buffer (rows w_t = W[:, t]):
-// the whole W^T would be a fresh 1.5 MB at MNIST size every call, whose page faults cost more
-// than the transposition (the allocator hands such blocks back to the system on free).
-constexpr int64_t kSteps = 16;
-
-// rows [t0, t1) of W^T restricted to units [j0, j1): W (H, D) -> buf (t1 - t0, j1 - j0)
-template <typename C>
-inline void load_wt_block(const C* W, int64_t D, int64_t j0, int64_t j1, int64_t t0, int64_t t1, C* buf) {
-  transpose_block(W + j0 * D + t0, D, buf, j1 - j0, j1 - j0, t1 - t0);
-}
-
-// Fetches the cache lines of column t of rows [j0, j1) of m (H, D), one line per row, which
-// the next block's transposition reads (W) or writes (dW): issued one step ahead, while that
-// step's work hides their latency (a block ahead they were evicted again before use).
-template <typename C>
-inline void prefetch_column(const C* m, int64_t D, int64_t j0, int64_t j1, int64_t t, bool write) {
-  if (write)
-    for (int64_t j = j0; j < j1; ++j) __builtin_prefetch(m + j * D + t, 1, 3);
-  else
-    for (int64_t j = j0; j < j1; ++j) __builtin_prefetch(m + j * D + t, 0, 3);
-}
+using Opts = std::integral_constant<c10::ScalarType, c10::CppTypeToScalarType<C>::value>;
 
 // Forward of examples [n0, n1): logits rows into out (N, D, L); the running sum lives in a_last's
 // rows (N, H), which end holding a_{D-1}.
@@ -95,105 +69,100 @@ void forward_chunk_fused(const Args<C>& A, int64_t n0, int64_t n1, C* out, doubl
   using Vec = at::vec::Vectorized<C>;
   const int64_t D = A.D, H = A.H, L = A.L, nb = n1 - n0;
   double* a = a_last + n0 * H;
-  Tensor buf_t = at::empty({(nb + kSteps) * H}, at::TensorOptions().dtype(c10::CppTypeToScalarType<C>::value));
-  C* hc = buf_t.data_ptr<C>();  // h of the current segment (a unchanged)
-  C* wb = hc + nb * H;          // W^T rows of the current block of steps
+  Tensor buf_t = at::empty({(nb + kSteps) * H}, at::TensorOptions().dtype(Opts<C>::value));
+  C *hc = buf_t.data_ptr<C>(), *wb = hc + nb * H;  // h of each example's current segment; W^T rows of the block
   for (int64_t n = 0; n < nb; ++n) {
     for (int64_t j = 0; j < H; ++j) a[n * H + j] = static_cast<double>(A.c[j]);
     for_vectors<C>(H, [&](int64_t j, auto k) { st(sigmoid_cpu(Acc<C>::load(a + n * H + j, k)), hc + n * H + j, k); });
   }
-  constexpr int kGroup = 4;  // examples per pass of the dot products: each row of V_t loaded once for them
-  for (int64_t t = 0; t < D; ++t) {
-    if (t % kSteps == 0) load_wt_block(A.W, D, 0, H, t, std::min(t + kSteps, D), wb);
-    if ((t + 1) % kSteps == 0 && t + 1 < D) prefetch_column(A.W, D, 0, H, t + 1, false);
-    const C* w_t = wb + (t % kSteps) * H;
-    const C* V_t = A.V + t * L * H;
-    // logits of examples n, ..., n + G - 1 (G = 1 or 4), head row by head row: named accumulators
-    // (an array of them, updated in the loop, went to memory every iteration with GCC)
-    const auto dots = [&](int64_t n, auto group) {
-      constexpr int G = decltype(group)::value;
-      const C *h0 = hc + n * H, *h1 = h0 + (G > 1 ? H : 0), *h2 = h1 + (G > 1 ? H : 0), *h3 = h2 + (G > 1 ? H : 0);
-      for (int l = 0; l < LF; ++l) {
-        const C* Vl = V_t + l * H;
-        Vec a0(C(0)), a1(C(0)), a2(C(0)), a3(C(0));
-        const auto step = [&](int64_t j, auto k) {  // a partial vector's zero lanes add nothing
-          const Vec w = ld(Vl + j, k);
-          a0 = at::vec::fmadd(ld(h0 + j, k), w, a0);
-          if constexpr (G > 1) {
-            a1 = at::vec::fmadd(ld(h1 + j, k), w, a1);
-            a2 = at::vec::fmadd(ld(h2 + j, k), w, a2);
-            a3 = at::vec::fmadd(ld(h3 + j, k), w, a3);
-          }
-        };
-        for_vectors<C>(H, step);
-        const C bl = A.b[t * L + l];
-        C* o = out + ((n0 + n) * D + t) * L + l;
-        o[0] = reduce_sum(a0) + bl;
-        if constexpr (G > 1) {
-          o[D * L] = reduce_sum(a1) + bl;
-          o[2 * D * L] = reduce_sum(a2) + bl;
-          o[3 * D * L] = reduce_sum(a3) + bl;
+  // logits of examples n, ..., n + G - 1 at step t, each row of V_t loaded once for them; named
+  // accumulators (an array of them went to memory on every iteration with GCC)
+  const auto dots = [&](int64_t t, int64_t n, auto group) {
+    constexpr bool G4 = decltype(group)::value == 4;
+    const C *h0 = hc + n * H, *h1 = h0 + (G4 ? H : 0), *h2 = h1 + (G4 ? H : 0), *h3 = h2 + (G4 ? H : 0);
+    for (int l = 0; l < LF; ++l) {
+      const C* Vl = A.V + (t * L + l) * H;
+      Vec a0(C(0)), a1(C(0)), a2(C(0)), a3(C(0));
+      for_vectors<C>(H, [&](int64_t j, auto k) {  // a partial vector's zero lanes add nothing
+        const Vec w = ld(Vl + j, k);
+        a0 = at::vec::fmadd(ld(h0 + j, k), w, a0);
+        if constexpr (G4) {
+          a1 = at::vec::fmadd(ld(h1 + j, k), w, a1);
+          a2 = at::vec::fmadd(ld(h2 + j, k), w, a2);
+          a3 = at::vec::fmadd(ld(h3 + j, k), w, a3);
         }
+      });
+      const C bl = A.b[t * L + l];
+      C* o = out + ((n0 + n) * D + t) * L + l;
+      o[0] = reduce_sum(a0) + bl;
+      if constexpr (G4) {
+        o[D * L] = reduce_sum(a1) + bl;
+        o[2 * D * L] = reduce_sum(a2) + bl;
+        o[3 * D * L] = reduce_sum(a3) + bl;
       }
-    };
+    }
+  };
+  for (int64_t t = 0; t < D; ++t) {
+    if (t % kSteps == 0) transpose_block(A.W + t, D, wb, H, H, std::min(kSteps, D - t));
+    if ((t + 1) % kSteps == 0 && t + 1 < D) prefetch_column(A.W, D, 0, H, t + 1, false);
     int64_t n = 0;
-    for (; n + kGroup <= nb; n += kGroup) dots(n, std::integral_constant<int, kGroup>());
-    for (; n < nb; ++n) dots(n, std::integral_constant<int, 1>());
+    for (; n + 4 <= nb; n += 4) dots(t, n, std::integral_constant<int, 4>());
+    for (; n < nb; ++n) dots(t, n, std::integral_constant<int, 1>());
     if (t + 1 == D) break;
-    for (n = 0; n < nb; ++n) {  // binary data: most steps leave a (and h) as it is
+    const C* w_t = wb + (t % kSteps) * H;
+    for (n = 0; n < nb; ++n) {  // the next step's a and h, where they change
       const C vs = A.v[(n0 + n) * D + t];
       if (vs == C(0)) continue;
       const Vec vn(vs);
       double* an = a + n * H;
       C* hn = hc + n * H;
-      for_vectors<C>(H, [&](int64_t j, auto k) {  // the term rounded to C, then summed in double; the next step's h
+      for_vectors<C>(H, [&](int64_t j, auto k) {  // the term rounded to C, then summed in double
         st(sigmoid_cpu(Acc<C>::add_get(an + j, vn * ld(w_t + j, k), k)), hn + j, k);
       });
     }
   }
 }
 
-// Backward of hidden units [j0, j1) for every example: threads split the units, so each
-// writes its own columns of dW (H, D), dV (D, L, H) and dc (H,) straight into the outputs, with
-// no per-thread copies to sum (and the same sums, in the same order, for any thread count);
-// only grad_v, a sum over units, is partial: gv (N, D) gets this thread's share.
-// Within a segment s = h (1 - h) is constant, so R = sum_{t' > t} da_t' grows by s times the
-// sum of dh over the segment's steps. R (float64) is brought up to date only at a flush: at a
-// step with v_t != 0, whose one pass then does all that step's work on a (R complete for
-// dW_t += v_t R; a_t = a_{t+1} - W_t v_t, subtracting exactly what the forward added, gives the
-// h of step t and of the earlier steps of its segment), and every kFlushEvery steps. A flush
-// sums the pending steps' dh = g V_t in registers (their rows of V are still in cache), so an
-// ordinary step is only dV_t += g h. grad_v needs R at every step: flushed every step then.
+// Backward of hidden units [j0, j1) for every example, into the columns [j0, j1) of gW (H, D),
+// gV (D, L, H) and gc (H,); grad_v, a sum over units, gets this thread's share in gv (N, D).
+// Within a segment (steps with the same a) s = h (1 - h) is constant, so R grows by s times the
+// sum of dh = g V_t over the segment's steps. R is brought up to date only at a flush: at a step
+// with v_t != 0, whose one pass does all that step's work on a (R complete for dW_t += v_t R;
+// a_t = a_{t+1} - W_t v_t gives the h of this step and the segment's earlier ones), and every
+// kFlushEvery steps (the sum of dh is in float). A flush sums the pending steps' dh in
+// registers, their rows of V still in cache: an ordinary step is only its share of dV_t.
+// grad_v reads R at every step: flushed at every step then.
 template <typename C, int LF, bool kDv>
 void backward_units_fused(const Args<C>& A, const C* g, const double* a_last, int64_t j0, int64_t j1, C* gv, C* gW,
                           C* gV, C* gc) {
   using Vec = at::vec::Vectorized<C>;
   constexpr int kFlushEvery = kDv ? 1 : 8;
+  constexpr int64_t VS = Vec::size();
+  constexpr int kGroup = LF <= 2 ? 4 : 2;  // vectors of dV_t in registers per GEMV pass
   const int64_t N = A.N, D = A.D, H = A.H, L = A.L, LH = L * H, hw = j1 - j0;
-  const auto copts = at::TensorOptions().dtype(c10::CppTypeToScalarType<C>::value);
   Tensor state_t = at::zeros({2 * N * hw}, at::TensorOptions().dtype(at::kDouble));
-  Tensor cache_t = at::zeros({(kDv ? 2 : 1) * N * hw + 2 * kSteps * hw}, copts);
+  Tensor cache_t = at::empty({(kDv ? 2 : 1) * N * hw + 2 * kSteps * hw}, at::TensorOptions().dtype(Opts<C>::value));
   double *a = state_t.data_ptr<double>(), *R = a + N * hw;
   C *hc = cache_t.data_ptr<C>(), *wb = hc + N * hw, *dwb = wb + kSteps * hw;  // the block's rows of W^T, dW^T
   C* rf = dwb + kSteps * hw;                                                   // R rounded (grad_v only)
+  if constexpr (kDv) std::fill(rf, rf + N * hw, C(0));
   for (int64_t n = 0; n < N; ++n) {
     std::copy(a_last + n * H + j0, a_last + n * H + j1, a + n * hw);
     for_vectors<C>(hw, [&](int64_t j, auto k) { st(sigmoid_cpu(Acc<C>::load(a + n * hw + j, k)), hc + n * hw + j, k); });
   }
-  // q = sum of dh over the pending steps t, ..., t + np - 1 (V + t L H: their rows, gn their g)
-  const auto pending_dh = [&](const C* Vt, const C* gn, int np, int64_t j, auto k) {
+  // sum of dh over the np steps t, t + 1, ... (Vt = V + t L H + j0, gn = g's row n from step t);
+  // np an int or, better, a constant (a loop of known length)
+  const auto dh_sum = [&](auto np, const C* Vt, const C* gn, int64_t j, auto k) {
     Vec q(C(0));
-    for (int i = 0; i < np; ++i)
+    for (int i = 0; i < static_cast<int>(np); ++i)
       for (int l = 0; l < LF; ++l) q = at::vec::fmadd(Vec(gn[i * L + l]), ld(Vt + i * LH + l * H + j, k), q);
     return q;
   };
   std::vector<int> pending(N, 0);  // steps since the last flush (the steps after the current one)
   std::vector<C> gt(N * LF);       // g[:, t, :], by head row
-  constexpr int64_t VS = Vec::size();
-  constexpr int kGroup = LF <= 2 ? 4 : 2;
   for (int64_t t1 = D; t1 > 0; t1 -= kSteps) {
     const int64_t t0 = std::max<int64_t>(t1 - kSteps, 0);
-    load_wt_block(A.W, D, j0, j1, t0, t1, wb);
+    transpose_block(A.W + j0 * D + t0, D, wb, hw, hw, t1 - t0);
     std::fill(dwb, dwb + (t1 - t0) * hw, C(0));
     for (int64_t t = t1 - 1; t >= t0; --t) {
       if (t == t0 && t0 > 0) {  // the next block's columns of W and dW
@@ -203,7 +172,7 @@ void backward_units_fused(const Args<C>& A, const C* g, const double* a_last, in
       const C* w_t = wb + (t - t0) * hw;
       const C* V_t = A.V + t * LH + j0;  // row l at l * H
       C* dw_t = dwb + (t - t0) * hw;
-      for (int64_t n = 0; n < N; ++n) {  // the steps' work on a and R (h is the step's from here on)
+      for (int64_t n = 0; n < N; ++n) {  // the step's work on a and R (h is the step's from here on)
         const C* gn = g + (n * D + t) * L;
         for (int l = 0; l < LF; ++l) gt[l * N + n] = gn[l];
         const C vs = A.v[n * D + t];
@@ -216,39 +185,43 @@ void backward_units_fused(const Args<C>& A, const C* g, const double* a_last, in
         C *hn = hc + n * hw, *rfn = rf + n * hw;
         const Vec vt(vs), vneg(-vs);  // (-v) W = -(v W) exactly: the forward's term undone
         Vec dv_acc(C(0));
-        for_vectors<C>(hw, [&](int64_t j, auto k) {
-          Vec h = ld(hn + j, k);
-          if constexpr (kDv) dv_acc = at::vec::fmadd(ld(w_t + j, k), ld(rfn + j, k), dv_acc);
-          if (has_v) {
-            const Vec r = Acc<C>::add_get(Rn + j, h * (Vec(C(1)) - h) * pending_dh(V_t + LH, gn + L, before, j, k), k);
-            st(at::vec::fmadd(vt, r, ld(dw_t + j, k)), dw_t + j, k);
-            if (undo) {
-              h = sigmoid_cpu(Acc<C>::add_get(an + j, vneg * ld(w_t + j, k), k));
-              st(h, hn + j, k);
+        const auto pass = [&](auto na) {  // na: the steps flushed after this one's (0 or kFlushEvery)
+          for_vectors<C>(hw, [&](int64_t j, auto k) {
+            Vec h = ld(hn + j, k);
+            if constexpr (kDv) dv_acc = at::vec::fmadd(ld(w_t + j, k), ld(rfn + j, k), dv_acc);
+            if (has_v) {
+              const Vec r = Acc<C>::add_get(Rn + j, h * (Vec(C(1)) - h) * dh_sum(before, V_t + LH, gn + L, j, k), k);
+              st(at::vec::fmadd(vt, r, ld(dw_t + j, k)), dw_t + j, k);
+              if (undo) {
+                h = sigmoid_cpu(Acc<C>::add_get(an + j, vneg * ld(w_t + j, k), k));
+                st(h, hn + j, k);
+              }
             }
-          }
-          if (flush) {
-            const Vec r = Acc<C>::add_get(Rn + j, h * (Vec(C(1)) - h) * pending_dh(V_t, gn, after, j, k), k);
-            if constexpr (kDv) st(r, rfn + j, k);
-          }
-        });
+            if constexpr (decltype(na)::value > 0) {
+              const Vec r = Acc<C>::add_get(Rn + j, h * (Vec(C(1)) - h) * dh_sum(na, V_t, gn, j, k), k);
+              if constexpr (kDv) st(r, rfn + j, k);
+            }
+          });
+        };
+        if (flush)
+          pass(std::integral_constant<int, kFlushEvery>());
+        else
+          pass(std::integral_constant<int, 0>());
         if constexpr (kDv) gv[n * D + t] = reduce_sum(dv_acc);
       }
-      // dV_t = sum_n g[n, t] h_n (L rows): a GEMV over the examples, kGroup vectors of
-      // accumulators held in registers while the examples stream by
+      // dV_t = sum_n g[n, t] h_n: G vectors of accumulators per head row in registers while the
+      // examples stream by (the h of all examples is L2's: each is loaded once per step)
       C* dV_t = gV + t * LH + j0;
       const auto gemv = [&](int64_t j, auto k, auto group) {  // G whole vectors, or one (count k)
         constexpr int G = decltype(group)::value;
         Vec acc[LF][G];
         for (auto& row : acc)
           for (auto& x : row) x = Vec(C(0));
-        for (int64_t n = 0; n < N; ++n) {
-          const C* hn = hc + n * hw + j;
+        for (int64_t n = 0; n < N; ++n)
           for (int l = 0; l < LF; ++l) {
             const Vec gb(gt[l * N + n]);
-            for (int i = 0; i < G; ++i) acc[l][i] = at::vec::fmadd(gb, ld(hn + i * VS, k), acc[l][i]);
+            for (int i = 0; i < G; ++i) acc[l][i] = at::vec::fmadd(gb, ld(hc + n * hw + j + i * VS, k), acc[l][i]);
           }
-        }
         for (int l = 0; l < LF; ++l)
           for (int i = 0; i < G; ++i) st(acc[l][i], dV_t + l * H + j + i * VS, k);
       };
@@ -259,11 +232,10 @@ void backward_units_fused(const Args<C>& A, const C* g, const double* a_last, in
     transpose_block(dwb, hw, gW + j0 * D + t0, D, t1 - t0, hw);
   }
   std::vector<double> dc(hw, 0.0);
-  for (int64_t n = 0; n < N; ++n) {
-    const int np = pending[n];  // the last pending steps: 0, ..., np - 1
+  for (int64_t n = 0; n < N; ++n) {  // the last pending steps, 0 .. pending - 1
     for_vectors<C>(hw, [&](int64_t j, auto k) {
       const Vec h = ld(hc + n * hw + j, k);
-      Acc<C>::add(R + n * hw + j, h * (Vec(C(1)) - h) * pending_dh(A.V + j0, g + n * D * L, np, j, k), k);
+      Acc<C>::add(R + n * hw + j, h * (Vec(C(1)) - h) * dh_sum(pending[n], A.V + j0, g + n * D * L, j, k), k);
     });
     for (int64_t j = 0; j < hw; ++j) dc[j] += R[n * hw + j];
   }
@@ -279,7 +251,7 @@ void forward_chunk_gemm(const Args<C>& A, int64_t n0, int64_t n1, C* out, double
   double* a = a_last + n0 * H;
   for (int64_t n = 0; n < nb; ++n)
     for (int64_t j = 0; j < H; ++j) a[n * H + j] = static_cast<double>(A.c[j]);
-  Tensor hbuf_t = at::empty({nb * H}, at::TensorOptions().dtype(c10::CppTypeToScalarType<C>::value));
+  Tensor hbuf_t = at::empty({nb * H}, at::TensorOptions().dtype(Opts<C>::value));
   C* hbuf = hbuf_t.data_ptr<C>();
   for (int64_t t = 0; t < D; ++t) {
     const C* w_t = A.wt + t * H;
@@ -310,7 +282,7 @@ void backward_chunk_gemm(const Args<C>& A, const C* g, const double* a_last, int
   Tensor state_t = at::zeros({2 * nb * H}, at::TensorOptions().dtype(at::kDouble));
   double *a = state_t.data_ptr<double>(), *R = a + nb * H;
   std::copy(a_last + n0 * H, a_last + n1 * H, a);
-  Tensor work_t = at::empty({2 * nb * H + L * nb}, at::TensorOptions().dtype(c10::CppTypeToScalarType<C>::value));
+  Tensor work_t = at::empty({2 * nb * H + L * nb}, at::TensorOptions().dtype(Opts<C>::value));
   C *hbuf = work_t.data_ptr<C>(), *dhbuf = hbuf + nb * H, *gT = dhbuf + nb * H;
   for (int64_t t = D - 1; t >= 0; --t) {
     const C* w_t = A.wt + t * H;
@@ -345,15 +317,14 @@ void backward_chunk_gemm(const Args<C>& A, const C* g, const double* a_last, int
     for (int64_t j = 0; j < H; ++j) dc[j] += R[n * H + j];
 }
 
-// W (H, D) -> W^T (D, H), contiguous, in the compute dtype: ATen's copy of a transposed view walks
-// one side with a large stride; the tiled transpose of fastgen_cpu.h is several times faster.
+// W (H, D) -> W^T (D, H), contiguous, in the compute dtype (the GEMM head's operand)
 Tensor transposed(const Tensor& m_in, at::ScalarType ct) {
   auto m = m_in.to(ct).contiguous();
   auto out = at::empty({m.size(1), m.size(0)}, m.options());
   if (m.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(ct, "nade_transpose", [&] {
-    transpose_tiles<scalar_t, scalar_t>(m.const_data_ptr<scalar_t>(), m.size(1), out.data_ptr<scalar_t>(), m.size(0),
-                                        m.size(0), m.size(1));
+    transpose_block(m.const_data_ptr<scalar_t>(), m.size(1), out.data_ptr<scalar_t>(), m.size(0), m.size(0),
+                    m.size(1));
   });
   return out;
 }
@@ -489,8 +460,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> nade_backward_cpu(const Tenso
             const int64_t j1 = std::min((ch + 1) * blocks / chunks * kUnitBlock, s.H);
             const auto* gp = g.const_data_ptr<scalar_t>();
             const double* ap = a_last.const_data_ptr<double>();
-            auto* gWp = gW.data_ptr<scalar_t>();
-            auto *gVp = gV.data_ptr<scalar_t>(), *gcp = gc.data_ptr<scalar_t>();
+            auto *gWp = gW.data_ptr<scalar_t>(), *gVp = gV.data_ptr<scalar_t>(), *gcp = gc.data_ptr<scalar_t>();
             if (grad_v)
               backward_units_fused<scalar_t, LF, true>(A, gp, ap, j0, j1, gv.data_ptr<scalar_t>() + ch * s.N * s.D,
                                                        gWp, gVp, gcp);
@@ -501,7 +471,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> nade_backward_cpu(const Tenso
       }
     });
   });
-  if (grad_v) gv = chunks == 1 ? gv[0] : gv.sum(0);  // the units' shares, in chunk order
+  if (grad_v) {  // the units' shares, in chunk order
+    for (int64_t ch = 1; ch < chunks; ++ch) gv[0].add_(gv[ch]);
+    gv = chunks > 0 ? gv[0] : at::zeros({s.N, s.D}, copts);
+  }
   return {gv.to(dt), gW.to(dt), gc.to(dt), gV.to(dt), gb.to(dt)};
 }
 

@@ -1,5 +1,6 @@
 // Vector helpers of the nade CPU kernel (any at::vec width): row I/O with a ragged end, the
-// float64 running sums seen as vectors of the compute type, and a fast float32 sigmoid.
+// float64 running sums seen as vectors of the compute type, a fast float32 sigmoid, and the
+// transposition and prefetching of blocks of W's columns.
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
@@ -39,6 +40,25 @@ inline void for_vectors(int64_t n, const F& body) {
   int64_t j = 0;
   for (; j + VS <= n; j += VS) body(j, Full());
   if (j < n) body(j, n - j);
+}
+
+// Sum of the lanes. By value: with a reference, GCC kept accumulators that end here in memory,
+// storing them on every iteration of the loop that updates them.
+template <typename C>
+inline C reduce_sum(at::vec::Vectorized<C> x) {
+  using Vec = at::vec::Vectorized<C>;
+  return at::vec::vec_reduce_all<C>([](Vec& p, Vec& q) { return p + q; }, x);
+}
+
+// Fetches column t of rows [j0, j1) of m (rows of stride ld): one cache line per row, read
+// (W) or written (dW) by the next block's transposition. Issued a step ahead, whose work hides
+// their latency; fetched a block ahead, they were evicted again before use.
+template <typename C>
+inline void prefetch_column(const C* m, int64_t ld, int64_t j0, int64_t j1, int64_t t, bool write) {
+  if (write)
+    for (int64_t j = j0; j < j1; ++j) __builtin_prefetch(m + j * ld + t, 1, 3);
+  else
+    for (int64_t j = j0; j < j1; ++j) __builtin_prefetch(m + j * ld + t, 0, 3);
 }
 
 // float64 running sums seen as vectors of the compute type C: one C vector = two double
