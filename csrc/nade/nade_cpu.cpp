@@ -9,10 +9,11 @@
 // dc = R at the end.
 //
 // Heads up to kFusedHeads logits (the Bernoulli head, L = 1) run fused: h = sigmoid(a) changes
-// only at steps with v_t != 0 (one in five to seven for binary digits), the only steps where a,
+// only at steps with v_t != 0 (about one in seven for binary digits), the only steps where a,
 // R and the sigmoid are touched, in one vector pass over H per (example, step); in between, a
 // step is the head's dot products (forward, four examples at a time) or dV_t = sum_n g h_n (a
-// register-blocked GEMV over the examples, backward). Threads split the examples in the forward
+// register-blocked GEMV over the examples, backward). With L = 1 every per-step product is of
+// rank one: GEMMs would run them no faster than these loops. Threads split the examples in the forward
 // and the hidden units in the backward, whose every gradient but grad_v is then a sum over
 // examples: each thread writes its own columns straight into the outputs, nothing to sum after.
 // W is read in transposed blocks of kSteps columns (and dW written back so): no temporary of
@@ -60,7 +61,9 @@ struct Args {
 };
 
 template <typename C>
-using Opts = std::integral_constant<c10::ScalarType, c10::CppTypeToScalarType<C>::value>;
+at::TensorOptions options_of() {  // a buffer of C
+  return at::TensorOptions().dtype(c10::CppTypeToScalarType<C>::value);
+}
 
 // Forward of examples [n0, n1): logits rows into out (N, D, L); the running sum lives in a_last's
 // rows (N, H), which end holding a_{D-1}.
@@ -69,7 +72,7 @@ void forward_chunk_fused(const Args<C>& A, int64_t n0, int64_t n1, C* out, doubl
   using Vec = at::vec::Vectorized<C>;
   const int64_t D = A.D, H = A.H, L = A.L, nb = n1 - n0;
   double* a = a_last + n0 * H;
-  Tensor buf_t = at::empty({(nb + kSteps) * H}, at::TensorOptions().dtype(Opts<C>::value));
+  Tensor buf_t = at::empty({(nb + kSteps) * H}, options_of<C>());
   C *hc = buf_t.data_ptr<C>(), *wb = hc + nb * H;  // h of each example's current segment; W^T rows of the block
   for (int64_t n = 0; n < nb; ++n) {
     for (int64_t j = 0; j < H; ++j) a[n * H + j] = static_cast<double>(A.c[j]);
@@ -141,7 +144,7 @@ void backward_units_fused(const Args<C>& A, const C* g, const double* a_last, in
   constexpr int kGroup = LF <= 2 ? 4 : 2;  // vectors of dV_t in registers per GEMV pass
   const int64_t N = A.N, D = A.D, H = A.H, L = A.L, LH = L * H, hw = j1 - j0;
   Tensor state_t = at::zeros({2 * N * hw}, at::TensorOptions().dtype(at::kDouble));
-  Tensor cache_t = at::empty({(kDv ? 2 : 1) * N * hw + 2 * kSteps * hw}, at::TensorOptions().dtype(Opts<C>::value));
+  Tensor cache_t = at::empty({(kDv ? 2 : 1) * N * hw + 2 * kSteps * hw}, options_of<C>());
   double *a = state_t.data_ptr<double>(), *R = a + N * hw;
   C *hc = cache_t.data_ptr<C>(), *wb = hc + N * hw, *dwb = wb + kSteps * hw;  // the block's rows of W^T, dW^T
   C* rf = dwb + kSteps * hw;                                                   // R rounded (grad_v only)
@@ -251,7 +254,7 @@ void forward_chunk_gemm(const Args<C>& A, int64_t n0, int64_t n1, C* out, double
   double* a = a_last + n0 * H;
   for (int64_t n = 0; n < nb; ++n)
     for (int64_t j = 0; j < H; ++j) a[n * H + j] = static_cast<double>(A.c[j]);
-  Tensor hbuf_t = at::empty({nb * H}, at::TensorOptions().dtype(Opts<C>::value));
+  Tensor hbuf_t = at::empty({nb * H}, options_of<C>());
   C* hbuf = hbuf_t.data_ptr<C>();
   for (int64_t t = 0; t < D; ++t) {
     const C* w_t = A.wt + t * H;
@@ -282,7 +285,7 @@ void backward_chunk_gemm(const Args<C>& A, const C* g, const double* a_last, int
   Tensor state_t = at::zeros({2 * nb * H}, at::TensorOptions().dtype(at::kDouble));
   double *a = state_t.data_ptr<double>(), *R = a + nb * H;
   std::copy(a_last + n0 * H, a_last + n1 * H, a);
-  Tensor work_t = at::empty({2 * nb * H + L * nb}, at::TensorOptions().dtype(Opts<C>::value));
+  Tensor work_t = at::empty({2 * nb * H + L * nb}, options_of<C>());
   C *hbuf = work_t.data_ptr<C>(), *dhbuf = hbuf + nb * H, *gT = dhbuf + nb * H;
   for (int64_t t = D - 1; t >= 0; --t) {
     const C* w_t = A.wt + t * H;
