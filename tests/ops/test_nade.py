@@ -77,6 +77,12 @@ def test_cpp_long_sequence(levels):
     for name, a, r, t in zip(NAMES, ours32, ref32, truth):
         err_ours, err_ref = (a.double() - t).abs().max().item(), (r.double() - t).abs().max().item()
         assert err_ours <= 2 * err_ref + 1e-6 * t.abs().max().item(), f"{name}: {err_ours:.3g} vs reference {err_ref:.3g}"
+    # inputs that need no gradient take the kernel's other backward (R brought up to date only
+    # where a changes and every few steps): the same gradients
+    with fastgen.use_impl("cpp"):
+        ours_wo_v = torch.autograd.grad(nade(args64[0].detach(), *args64[1:]), args64[1:], gout)
+    for name, a, t in zip(NAMES[2:], ours_wo_v, truth[2:]):
+        torch.testing.assert_close(a, t, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name} without grad_v: {m}")
     v, W, c = (t.detach() for t in args32[:3])
     _, a_last = torch.ops.fastgen.nade(v, W, c, args32[3].detach(), args32[4].detach())
     contrib = v[:, :-1, None] * W[:, :-1].t()
@@ -251,8 +257,10 @@ def test_module(impl, device):
 @pytest.mark.skipif(not _ext.AVAILABLE, reason="C++ extension not built")
 @pytest.mark.parametrize("L", [1, 5])
 def test_cpp_examples_split_over_threads(L):
-    """A problem big enough for one chunk of examples per thread (small ones run in one): the
-    per-chunk gradient buffers summed in chunk order, the same result on every call."""
+    """A problem big enough for one chunk per thread (small ones run in one): the forward splits
+    the examples; the backward splits the hidden units (L = 1, the fused head) or the examples
+    (L = 5, the GEMM head, per-chunk gradient buffers summed in chunk order). The same result on
+    every call."""
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -268,6 +276,44 @@ def test_cpp_examples_split_over_threads(L):
             assert torch.equal(a, b)
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.skipif(not _ext.AVAILABLE, reason="C++ extension not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("grad_v", [True, False])
+def test_cpp_same_on_one_and_two_threads(dtype, grad_v):
+    """The fused head's backward splits the hidden units among threads (here unevenly: 600 units
+    are 37.5 blocks of 16): each unit's gradients are summed over the examples in the same order
+    on any thread count, so logits, grad_W, grad_c, grad_V and grad_b are identical on one and
+    two threads; grad_v, a sum over units, is summed per thread, equal to rounding."""
+    args = make(9, 200, 600, 2, dtype=dtype, levels=2, seed=6)
+    with torch.no_grad():
+        args[1].mul_(0.1)
+    if not grad_v:
+        args[0] = args[0].detach()
+    names, wrt = (NAMES, args) if grad_v else (NAMES[:1] + NAMES[2:], args[1:])
+    gout = torch.randn(9, 200, 2, dtype=dtype)
+
+    def run(fn):
+        y = fn(*args)
+        return (y,) + torch.autograd.grad(y, wrt, gout)
+
+    previous, results = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with fastgen.use_impl("cpp"):
+                results.append(run(nade))
+    finally:
+        torch.set_num_threads(previous)
+    for name, one, two in zip(names, *results):
+        if name == "grad_v":
+            torch.testing.assert_close(one, two, msg=lambda m: f"grad_v: {m}")
+        else:
+            assert torch.equal(one, two), name
+    if dtype == torch.float64:
+        for name, ours, ref in zip(names, results[1], run(reference)):
+            torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("L", [1, 6])
