@@ -89,6 +89,28 @@ inline at::vec::Vectorized<float> fg_exp(const at::vec::Vectorized<float>& x) {
   return Vf::blendv(p * s1 * s2, x, x.isnan());
 }
 #endif
+
+// e^t = s (1 + q) for float vectors with t in [-87, 88] (the caller clamps; at::vec::clamp lets
+// NaN through, and a NaN t gives a NaN q): s = 2^n and q = e^r - 1 with t = n ln2 + r,
+// n = round(t / ln2) by the 1.5 * 2^23 rounding trick, |r| <= ln2 / 2, e^r - 1 by Cephes' expf
+// polynomial (about 1 ulp). In that range s is a normal float and s (1 + q) is finite, all the
+// fast sigmoid and tanh of the LSTM and NADE kernels need (they saturate correctly at the ends);
+// keeping q apart gives e^t - 1 = s q + (s - 1) without cancellation near 0.
+inline void fg_exp_parts(const at::vec::Vectorized<float>& t, at::vec::Vectorized<float>& s,
+                         at::vec::Vectorized<float>& q) {
+  using Vf = at::vec::Vectorized<float>;
+  using Vi = at::vec::Vectorized<int32_t>;
+  const Vf magic(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer
+  const Vf n = at::vec::fmadd(t, Vf(1.44269504088896341f), magic) - magic;
+  Vf r = at::vec::fmadd(n, Vf(-0.693145751953125f), t);  // ln2 split in two: n * hi is exact
+  r = at::vec::fmadd(n, Vf(-1.428606765330187e-06f), r);
+  Vf p(1.9875691500e-4f);
+  for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    p = at::vec::fmadd(p, r, Vf(c));
+  q = at::vec::fmadd(p, r * r, r);
+  s = at::vec::cast<float>(at::vec::convert_to_int_of_same_size(n + Vf(127.f)) << Vi(23));  // 2^n
+}
+
 template <typename S>
 inline at::vec::Vectorized<S> fg_log1p(const at::vec::Vectorized<S>& x) { return x.log1p(); }
 template <typename S>

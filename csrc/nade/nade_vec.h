@@ -159,38 +159,18 @@ struct Acc<float> {
 };
 
 // sigmoid for the CPU passes: nade.h's (the CUDA kernel's math) except for float32 vectors in
-// AVX2/AVX-512 builds, where it is 1 / (1 + e^-x) with e^t for t clamped to [-87, 88] (a normal
-// float, so no sign split is needed: x < -87.3 gives 0 or a denormal, x > 87 gives 1), e^t by
-// Cody-Waite reduction t = n ln2 + r (n by the 1.5 * 2^23 rounding trick, whose bits also give
-// 2^n) and Cephes' degree-5 polynomial for e^r (about 1 ulp), and the division by rcp and one
-// Newton step. NaN stays NaN (the clamps pass it through as their second operand). About 20
-// vector instructions where the generic form takes 35: the sigmoid is most of each pass.
+// AVX2/AVX-512 builds, where it is 1 / (1 + e^-x) with e^t for t = -x clamped to [-87, 88]
+// (fastgen_math.h's fg_exp_parts; x < -87.3 gives 0 or a denormal, x > 87 gives 1) and the
+// division by rcp and Newton steps. NaN stays NaN (the clamp passes it through). About 20 vector
+// instructions where the generic form takes 35: the sigmoid is most of each pass.
 template <typename V>
 inline V sigmoid_cpu(const V& x) { return nade_sigmoid(x); }
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 inline at::vec::Vectorized<float> sigmoid_cpu(const at::vec::Vectorized<float>& x) {
   using Vf = at::vec::Vectorized<float>;
-  using Vi = at::vec::Vectorized<int32_t>;
-#if defined(CPU_CAPABILITY_AVX512)
-  const Vf t = _mm512_min_ps(Vf(88.f), _mm512_max_ps(Vf(-87.f), Vf(0.f) - x));  // -x; NaN passes
-#else
-  const Vf t = _mm256_min_ps(Vf(88.f), _mm256_max_ps(Vf(-87.f), Vf(0.f) - x));
-#endif
-  const Vf magic(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer, held in the low bits
-  const Vf nm = at::vec::fmadd(t, Vf(1.44269504088896341f), magic);
-  const Vf n = nm - magic;
-  Vf r = at::vec::fmadd(n, Vf(-0.693145751953125f), t);  // ln2 split in two: n * hi is exact
-  r = at::vec::fmadd(n, Vf(-1.428606765330187e-06f), r);
-  Vf p(1.9875691500e-4f);
-  p = at::vec::fmadd(p, r, Vf(1.3981999507e-3f));
-  p = at::vec::fmadd(p, r, Vf(8.3334519073e-3f));
-  p = at::vec::fmadd(p, r, Vf(4.1665795894e-2f));
-  p = at::vec::fmadd(p, r, Vf(1.6666665459e-1f));
-  p = at::vec::fmadd(p, r, Vf(5.0000001201e-1f));
-  const Vf er = at::vec::fmadd(p, r * r, r) + Vf(1.f);
-  const Vi bits = at::vec::cast<int32_t>(nm);  // 0x4B400000 + n, -126 <= n <= 127
-  const Vf scale = at::vec::cast<float>((bits - Vi(0x4B400000 - 127)) << Vi(23));  // 2^n
-  const Vf d = at::vec::fmadd(er, scale, Vf(1.f));  // 1 + e^-x
+  Vf s, q;
+  fg_exp_parts(at::vec::clamp(Vf(0.f) - x, Vf(-87.f), Vf(88.f)), s, q);
+  const Vf d = at::vec::fmadd(s, q, s) + Vf(1.f);  // 1 + e^-x
 #if defined(CPU_CAPABILITY_AVX512)
   Vf y = _mm512_rcp14_ps(d);  // 14 bits; one Newton step gives about 28
   y = y * at::vec::fnmadd(d, y, Vf(2.f));

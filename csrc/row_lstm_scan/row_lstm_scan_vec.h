@@ -7,8 +7,7 @@
 // where e^t takes t clamped to [-87, 88]: its result then is a normal finite float, which is
 // all the two formulas need (they saturate to 0, 1, +-1 correctly at the clamp ends; the
 // values lost beyond them are below 1e-38 in absolute terms). e^t: t = n ln2 + r with
-// n = round(t / ln2) (the 1.5 * 2^23 rounding trick), |r| <= ln2 / 2, e^r by Cephes' expf
-// polynomial (about 1 ulp), times 2^n built in the exponent bits. NaN stays NaN.
+// fastgen_math.h's fg_exp_parts. NaN stays NaN.
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
@@ -17,26 +16,14 @@
 
 namespace fastgen {
 
-// e^(K z) = s (1 + q) for float vectors (s = 2^n, q = e^r - 1), K a small constant folded into
-// the argument: e^(Kz) = s + s q, and e^(Kz) - 1 = s q + (s - 1) without cancellation near 0.
+// e^(K z) = s (1 + q) for float vectors (fastgen_math.h's fg_exp_parts), K a small constant
+// folded into the argument: e^(Kz) = s + s q, and e^(Kz) - 1 = s q + (s - 1) without
+// cancellation near 0.
 template <int K>
 inline void lstm_exp_parts(const at::vec::Vectorized<float>& z, at::vec::Vectorized<float>& s,
                            at::vec::Vectorized<float>& q) {
   using Vf = at::vec::Vectorized<float>;
-  using Vi = at::vec::Vectorized<int32_t>;
-  const Vf t = at::vec::clamp(z * Vf(float(K)), Vf(-87.f), Vf(88.f));
-  const Vf magic(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer
-  const Vf n = at::vec::fmadd(t, Vf(1.44269504088896341f), magic) - magic;
-  Vf r = at::vec::fmadd(n, Vf(-0.693145751953125f), t);  // ln2 split in two: n * hi is exact
-  r = at::vec::fmadd(n, Vf(-1.428606765330187e-06f), r);
-  Vf p(1.9875691500e-4f);
-  p = at::vec::fmadd(p, r, Vf(1.3981999507e-3f));
-  p = at::vec::fmadd(p, r, Vf(8.3334519073e-3f));
-  p = at::vec::fmadd(p, r, Vf(4.1665795894e-2f));
-  p = at::vec::fmadd(p, r, Vf(1.6666665459e-1f));
-  p = at::vec::fmadd(p, r, Vf(5.0000001201e-1f));
-  q = at::vec::fmadd(p, r * r, r);
-  s = at::vec::cast<float>(at::vec::convert_to_int_of_same_size(n + Vf(127.f)) << Vi(23));  // 2^n
+  fg_exp_parts(at::vec::clamp(z * Vf(float(K)), Vf(-87.f), Vf(88.f)), s, q);
 }
 
 // The activations the vector cell math uses: these for float vectors, the generic ones of
