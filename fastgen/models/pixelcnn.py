@@ -38,7 +38,8 @@ class _ResidualBlock(nn.Module):
         self.expand = MaskedConv2d(mid, channels, 1, "B", data_channels, relu_input=True)
 
     def forward(self, s):
-        return s + self.expand(self.conv(self.reduce(s)))
+        # in place on expand's fresh output (its backward keeps no output): no new activation
+        return self.expand(self.conv(self.reduce(s))).add_(s)
 
 
 class PixelCNN(AutoregressiveModel):
