@@ -38,8 +38,7 @@ class _ResidualBlock(nn.Module):
         self.expand = MaskedConv2d(mid, channels, 1, "B", data_channels, relu_input=True)
 
     def forward(self, s):
-        # in place on expand's fresh output (its backward keeps no output): no new activation
-        return self.expand(self.conv(self.reduce(s))).add_(s)
+        return s + self.expand(self.conv(self.reduce(s)))
 
 
 class PixelCNN(AutoregressiveModel):
