@@ -150,9 +150,11 @@ def _run_conv(src, w_arranged, bias, out, n, h, w, kc, nc, cin, cout, groups, kh
 
 
 @on_device
-def masked_conv2d_forward(x, weight, bias, mask_type, data_channels):
+def masked_conv2d_forward(x, weight, bias, mask_type, data_channels, relu_input):
     """x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw), bias: (Cout,) or None -> y (N, Cout, H, W)
-    channels-last."""
+    channels-last; relu_input: the convolution of relu(x) (taken once before the kernel)."""
+    if relu_input:
+        x = torch.relu(x)
     n, cin, h, w = x.shape
     cout, _, kh, kw = weight.shape
     out = x.new_empty(n, h, w, cout)
@@ -165,8 +167,10 @@ def masked_conv2d_forward(x, weight, bias, mask_type, data_channels):
 
 
 @on_device
-def masked_conv2d_backward(grad_y, x, weight, mask_type, data_channels, x_grad, weight_grad, bias_grad):
-    """-> (grad_x channels-last or empty, grad_weight (zero on masked taps) or empty, grad_bias or empty)."""
+def masked_conv2d_backward(grad_y, x, weight, mask_type, data_channels, relu_input, x_grad, weight_grad, bias_grad):
+    """-> (grad_x channels-last or empty, grad_weight (zero on masked taps) or empty, grad_bias or empty).
+    relu_input: grad_x through the input ReLU (zero where x <= 0 or NaN), grad_weight from relu(x)."""
+    x_in = torch.relu(x) if relu_input else x
     n, cin, h, w = x.shape
     cout, _, kh, kw = weight.shape
     gy = _nhwc(grad_y)
@@ -176,6 +180,8 @@ def masked_conv2d_backward(grad_y, x, weight, mask_type, data_channels, x_grad, 
         if cout > 0:
             _run_conv(gy, weight.permute(2, 3, 0, 1).contiguous(), None, out, n, h, w, cout, cin, cin, cout,
                       data_channels, kh, kw, mask_type, True)
+        if relu_input:
+            out.masked_fill_(~(_nhwc(x) > 0), 0)
         gx = out.permute(0, 3, 1, 2)
     if weight_grad:
         arranged = weight.new_zeros(kh, kw, cin, cout)
@@ -186,7 +192,7 @@ def masked_conv2d_backward(grad_y, x, weight, mask_type, data_channels, x_grad, 
             bci = max(16, min(32, triton.next_power_of_2(cin)))
             bco = max(16, min(64, triton.next_power_of_2(cout)))
             grid = (taps, triton.cdiv(cin, bci), triton.cdiv(cout, bco))
-            _weight_grad_kernel[grid](_nhwc(x), gy, arranged, m, h, w, cin, cout, data_channels, CH=ch, CW=cw,
+            _weight_grad_kernel[grid](_nhwc(x_in), gy, arranged, m, h, w, cin, cout, data_channels, CH=ch, CW=cw,
                                       KW=kw, TYPE_A=(mask_type == "A"), BLOCK_M=32, BLOCK_CI=bci,
                                       BLOCK_CO=bco, ACC=_acc(x.dtype), **_dot_args(x.dtype))
         gw = arranged.permute(3, 2, 0, 1).contiguous()

@@ -33,15 +33,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <optional>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "fastgen_gemm.h"
+#include "masked_conv2d/masked_conv2d_cpu_1x1.h"
 #include "masked_conv2d/masked_conv2d_cpu_shift.h"
 #include "masked_conv2d/masked_conv2d_host.h"
 
@@ -145,47 +141,6 @@ at::Tensor valid_conv_weight_grad(const at::Tensor& grad_out, const at::Tensor& 
                                               {0, 0}, 1, {false, true, false}));
 }
 
-// Chunks of about total / (4 threads) output pixels (at least ~1k): whole images when an image
-// is smaller, else bands of rows of one image.
-std::vector<Chunk> make_chunks(int64_t n, int64_t h, int64_t w) {
-  std::vector<Chunk> chunks;
-  if (n * h * w == 0) return chunks;
-  const int64_t target = std::max<int64_t>(1024, n * h * w / (4 * at::get_num_threads()));
-  if (h * w < target) {
-    const int64_t nb = std::max<int64_t>(1, target / (h * w));
-    for (int64_t n0 = 0; n0 < n; n0 += nb) chunks.push_back({n0, std::min(nb, n - n0), 0, h});
-  } else {
-    const int64_t nr = std::max<int64_t>(1, target / w);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t r0 = 0; r0 < h; r0 += nr) chunks.push_back({i, 1, r0, std::min(nr, h - r0)});
-  }
-  return chunks;
-}
-
-// body(chunk, thread) for every chunk on the intra-op threads, each thread taking the next chunk
-// when done with one (a thread that loses its core takes fewer instead of holding the rest up).
-template <typename F>
-void for_each_chunk(const std::vector<Chunk>& chunks, const F& body) {
-  std::atomic<size_t> next{0};
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), chunks.size());
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;  // (thread-local: each worker's own)
-#ifdef _OPENMP
-    // oneDNN sizes a primitive by omp_get_max_threads() where it is created; inside a parallel
-    // region that is still the outer count. 1 for this worker's task: the primitives the chunks
-    // create are the single-threaded ones they run as. (This does not make oneDNN's weight-
-    // gradient kernel safe in here, see the backward.)
-    const int outer = omp_get_max_threads();
-    omp_set_num_threads(1);
-#endif
-    const int tid = at::get_thread_num();
-    for (size_t c = next.fetch_add(1); c < chunks.size(); c = next.fetch_add(1)) body(chunks[c], tid);
-#ifdef _OPENMP
-    omp_set_num_threads(outer);
-#endif
-  });
-}
-
 // The chunk's rows of t (N, C, H, W) channels-last, as a tensor with its own dense strides.
 at::Tensor chunk_view(const at::Tensor& t, const Chunk& ch) {
   const int64_t c = t.size(1), w = t.size(3);
@@ -207,47 +162,26 @@ void fill_channels(at::Tensor& t, const std::optional<at::Tensor>& value) {
   });
 }
 
-// 1x1 kernels (a PixelCNN's reduce, expand and head layers, about half its FLOPs): with
-// channels-last activations the convolution is one GEMM on the (N*H*W, C) matrix the tensor
-// already is, y = x Wc^T + b, and its backward two more, dx = dy Wc and dWc = dy^T x (masked
-// pairs scattered to zero), db = column sums of dy: no shifted copies, no chunking, and the weight
-// gradient on a GEMM instead of oneDNN's convolution backward. Whole-batch GEMMs thread inside
-// the engine. float32 / float64 only (bf16 keeps the chunked path and its float accumulation).
-bool use_1x1_gemm(const MaskedConvArgs& a, const at::Tensor& x, at::ScalarType dt) {
-  return a.kh == 1 && a.kw == 1 && a.ncols == 1 && dt == x.scalar_type() && a.n * a.h * a.w > 0;
-}
-
-// (N, C, H, W) channels-last tensor -> its (N*H*W, C) matrix (a view; copies only when x is not
-// channels-last dense already)
-at::Tensor pixel_matrix(const at::Tensor& t) {
-  return t.contiguous(kNHWC).permute({0, 2, 3, 1}).reshape({-1, t.size(1)});
-}
-
-at::Tensor matrix_to_nhwc(const at::Tensor& m, const MaskedConvArgs& a, int64_t c) {
-  return m.view({a.n, a.h, a.w, c}).permute({0, 3, 1, 2});
-}
-
-at::Tensor conv1x1_forward(const at::Tensor& x, const Kernels& k, const std::optional<at::Tensor>& b,
-                           const MaskedConvArgs& a) {
-  auto wc = k.centre.reshape({a.cout, a.cin}).contiguous();
-  return matrix_to_nhwc(linear_nt(pixel_matrix(x), wc, b), a, a.cout);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward(const at::Tensor& grad_y, const at::Tensor& x,
-                                                                const at::Tensor& weight, const MaskedConvArgs& a,
-                                                                bool x_grad, bool weight_grad, bool bias_grad) {
-  auto gy = pixel_matrix(grad_y);
-  at::Tensor gx = x.new_empty({0}), gw = weight.new_empty({0}), gb = weight.new_empty({0});
-  if (x_grad) {
-    auto kf = kept_kernels(weight, a, x.scalar_type(), true);  // (Cin, Cout): Wc^T, masked
-    gx = matrix_to_nhwc(linear_nt(gy, kf.centre.reshape({a.cin, a.cout}).contiguous()), a, a.cin);
-  }
-  if (weight_grad) {
-    auto gc = at::mm(gy.t(), pixel_matrix(x)).view({a.cout, a.cin, 1, 1});
-    gw = scatter_weight_grad(at::Tensor(), gc, a, weight.options()).to(weight.scalar_type());
-  }
-  if (bias_grad) gb = gy.sum(0).to(weight.scalar_type());
-  return {gx, gw, gb};
+// gxs (a chunk of the input gradient, channels-last dense) = 0 where x <= 0 (or NaN): the
+// gradient through a fused input ReLU, in cache right after the chunk's convolutions. x: the
+// layer's input (N, C, H, W), any strides, its dtype.
+void relu_grad_mask_(at::Tensor& gxs, const at::Tensor& x, const Chunk& ch) {
+  const int64_t c = x.size(1), w = x.size(3);
+  AT_DISPATCH_FLOATING_TYPES(gxs.scalar_type(), "masked_conv2d_relu_grad", [&] {
+    using G = scalar_t;
+    G* g = gxs.mutable_data_ptr<G>();
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "masked_conv2d_relu_grad_x", [&] {
+      const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
+      for (int64_t n = 0; n < ch.nb; ++n)
+        for (int64_t r = 0; r < ch.nr; ++r) {
+          const scalar_t* xr = x.const_data_ptr<scalar_t>() + (ch.n0 + n) * sn + (ch.r0 + r) * sh;
+          G* gr = g + (n * ch.nr + r) * w * c;
+          for (int64_t q = 0; q < w; ++q)
+            for (int64_t k = 0; k < c; ++k)
+              if (!(xr[q * sw + k * sc] > scalar_t(0))) gr[q * c + k] = G(0);
+        }
+    });
+  });
 }
 
 std::vector<Shift> forward_shifts(const MaskedConvArgs& a, bool top, bool centre) {
@@ -258,7 +192,7 @@ std::vector<Shift> forward_shifts(const MaskedConvArgs& a, bool top, bool centre
 }
 
 at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                             c10::string_view mask_type, int64_t data_channels) {
+                             c10::string_view mask_type, int64_t data_channels, bool relu_input) {
   auto a = check_masked_conv("masked_conv2d", x, weight, std::string(mask_type), data_channels);
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // the inner convolutions record no graph
   if (bias.has_value()) {
@@ -270,14 +204,14 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   std::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->to(dt).contiguous();
   const bool top = a.ch > 0, centre = a.ncols > 0;
+  if (use_1x1_gemm(a, x, dt)) return conv1x1_forward(x, centre_matrix(weight, a, dt), b, a, relu_input);
   auto k = kept_kernels(weight, a, dt, false);
-  if (use_1x1_gemm(a, x, dt)) return conv1x1_forward(x, k, b, a);
   auto y = at::empty({a.n, a.cout, a.h, a.w}, x.options().dtype(dt).memory_format(kNHWC));
   const auto shifts = forward_shifts(a, top, centre);
   for_each_chunk(make_chunks(a.n, a.h, a.w), [&](const Chunk& ch, int) {
     auto ys = chunk_view(y, ch);
     fill_channels(ys, b);
-    auto xs = chunk_copies(x, ch, shifts, dt);
+    auto xs = chunk_copies(x, ch, shifts, dt, nullptr, relu_input);
     if (top) conv_add_(ys, xs[0], k.top);
     if (centre) conv_add_(ys, xs.back(), k.centre);
   });
@@ -286,11 +220,11 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, c10::string_view mask_type,
-    int64_t data_channels, bool x_grad, bool weight_grad, bool bias_grad) {
+    int64_t data_channels, bool relu_input, bool x_grad, bool weight_grad, bool bias_grad) {
   auto a = check_masked_conv_backward(grad_y, x, weight, std::string(mask_type), data_channels);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto dt = acc_type(x);
-  if (use_1x1_gemm(a, x, dt)) return conv1x1_backward(grad_y, x, weight, a, x_grad, weight_grad, bias_grad);
+  if (use_1x1_gemm(a, x, dt)) return conv1x1_backward(grad_y, x, weight, a, relu_input, x_grad, weight_grad, bias_grad);
   const auto opts = x.options().dtype(dt);
   const bool top = a.ch > 0, centre = a.ncols > 0, wg = weight_grad && (top || centre) && a.n * a.h * a.w > 0;
   // grad_y's copies: for the input gradient, and itself (for the weight and bias gradients)
@@ -319,6 +253,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
       fill_channels(gxs, std::nullopt);
       if (top) conv_add_(gxs, gys[0], kf.top);
       if (centre) conv_add_(gxs, gys.back(), kf.centre);
+      if (relu_input) relu_grad_mask_(gxs, x, ch);
     }
     if (ch.r0 != 0 || !(wg || bias_grad)) return;  // (whole images: the chunk starting them)
     const Chunk images{ch.n0, ch.nb, 0, a.h};
@@ -327,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
     auto gy = chunk_copies(grad_y, images, {{0, 0, 1, 1}}, dt, wg ? &dst[0] : nullptr)[0];
     if (wg) {
       std::vector<at::Tensor> xdst(dst.begin() + 1, dst.end());
-      chunk_copies(x, images, forward_shifts(a, top, centre), dt, &xdst[0]);
+      chunk_copies(x, images, forward_shifts(a, top, centre), dt, &xdst[0], relu_input);
     }
     if (bias_grad) {
       AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_bias_grad", [&] {

@@ -5,18 +5,26 @@
 // output (r, c) reading t[r + oy + i, c + ox + j]: p (nb, C, nr + kh - 1, W + kw - 1) with
 // p[n, :, r', c'] = t[n0 + n, :, r0 + r' + oy, c' + ox], zero outside t. Each source row is
 // read once, transposed to NHWC (the usual source is NCHW) and cast, then copied into every
-// copy's row it lands in.
+// copy's row it lands in (through a ReLU for a layer whose input is relu(t)). Also the chunks
+// (bands of output rows) the kernels cut their work into and the loop that runs them.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
+#include <atomic>
 #include <type_traits>
 #include <vector>
 
 #include "fastgen_cpu.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace fastgen {
 
@@ -28,6 +36,47 @@ struct Shift {
 struct Chunk {
   int64_t n0, nb, r0, nr;
 };
+
+// Chunks of about total / (4 threads) output pixels (at least ~1k): whole images when an image
+// is smaller, else bands of rows of one image.
+inline std::vector<Chunk> make_chunks(int64_t n, int64_t h, int64_t w) {
+  std::vector<Chunk> chunks;
+  if (n * h * w == 0) return chunks;
+  const int64_t target = std::max<int64_t>(1024, n * h * w / (4 * at::get_num_threads()));
+  if (h * w < target) {
+    const int64_t nb = std::max<int64_t>(1, target / (h * w));
+    for (int64_t n0 = 0; n0 < n; n0 += nb) chunks.push_back({n0, std::min(nb, n - n0), 0, h});
+  } else {
+    const int64_t nr = std::max<int64_t>(1, target / w);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t r0 = 0; r0 < h; r0 += nr) chunks.push_back({i, 1, r0, std::min(nr, h - r0)});
+  }
+  return chunks;
+}
+
+// body(chunk, thread) for every chunk on the intra-op threads, each thread taking the next chunk
+// when done with one (a thread that loses its core takes fewer instead of holding the rest up).
+template <typename F>
+void for_each_chunk(const std::vector<Chunk>& chunks, const F& body) {
+  std::atomic<size_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), chunks.size());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // (thread-local: each worker's own)
+#ifdef _OPENMP
+    // oneDNN sizes a primitive by omp_get_max_threads() where it is created; inside a parallel
+    // region that is still the outer count. 1 for this worker's task: the primitives the chunks
+    // create are the single-threaded ones they run as. (This does not make oneDNN's weight-
+    // gradient kernel safe in here, see the backward.)
+    const int outer = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
+    const int tid = at::get_thread_num();
+    for (size_t c = next.fetch_add(1); c < chunks.size(); c = next.fetch_add(1)) body(chunks[c], tid);
+#ifdef _OPENMP
+    omp_set_num_threads(outer);
+#endif
+  });
+}
 
 // Source row t[n, :, r, :] as w pixels of c channels (NHWC) in dtype D, into buf; returns buf,
 // or the row itself when t is channels-last in D already. NCHW rows are transposed in 8 x 8 tiles
@@ -58,11 +107,17 @@ const D* nhwc_row(const S* t, int64_t s_c, int64_t s_w, int64_t c, int64_t w, D*
   return buf;
 }
 
-// The copies of t (N, C, H, W; any strides, float/double/bf16) for chunk ch, channels-last in
-// dtype dt: new tensors, or written into dst[0..] (dense channels-last, of the copies' shapes).
-// Serial: it runs inside a chunk's worker.
+// v < 0 ? 0 : v, NaN kept (torch.relu's rule)
+template <typename T>
+inline T relu_value(T v) {
+  return v < T(0) ? T(0) : v;
+}
+
+// The copies of relu(t) (relu) or t (N, C, H, W; any strides, float/double/bf16) for chunk ch,
+// channels-last in dtype dt: new tensors, or written into dst[0..] (dense channels-last, of the
+// copies' shapes). Serial: it runs inside a chunk's worker.
 inline std::vector<at::Tensor> chunk_copies(const at::Tensor& t, const Chunk& ch, const std::vector<Shift>& shifts,
-                                            at::ScalarType dt, const at::Tensor* dst = nullptr) {
+                                            at::ScalarType dt, const at::Tensor* dst = nullptr, bool relu = false) {
   const int64_t c = t.size(1), h = t.size(2), w = t.size(3);
   std::vector<at::Tensor> out;
   int64_t lo = h, hi = 0;  // the source rows some copy reads
@@ -93,6 +148,10 @@ inline std::vector<at::Tensor> chunk_copies(const at::Tensor& t, const Chunk& ch
           src = nhwc_row(t.const_data_ptr<scalar_t>() + (ch.n0 + n) * t.stride(0) + r * t.stride(2), t.stride(1),
                          t.stride(3), c, w, buf.data());
         });
+        if (relu) {  // (in buf: src may be t's own row)
+          for (int64_t i = 0; i < w * c; ++i) buf[i] = relu_value(src[i]);
+          src = buf.data();
+        }
         for (size_t k = 0; k < shifts.size(); ++k) {
           const Shift& s = shifts[k];
           const int64_t hp = ch.nr + s.kh - 1, wp = w + s.kw - 1, rp = r - ch.r0 - s.oy;

@@ -7,6 +7,8 @@
 //                one thread per input element, the mirrored segments of masked_conv2d.h
 //   grad weight  dW[o, ci, i, j] = sum_m x[m + (i - ch, j - cw), ci] * dy[m, o]
 //                one block per kept (tap, ci, o), a block reduction over m; masked taps stay 0
+// With relu_input, x above is relu(x), taken once before the kernels (forward and grad weight), and
+// dx is zeroed where x <= 0 afterwards: the kernels themselves are unchanged.
 // The tap geometry and the centre's channel mask are the functions the CPU kernel uses
 // (masked_conv2d.h), so the CPU tests exercise them. Accumulation in at::opmath_type.
 #include <ATen/OpMathType.h>
@@ -142,7 +144,7 @@ __global__ void backward_weight_kernel(const scalar_t* __restrict__ x, const sca
 }
 
 at::Tensor masked_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                              c10::string_view mask_type, int64_t data_channels) {
+                              c10::string_view mask_type, int64_t data_channels, bool relu_input) {
   auto a = check_masked_conv("masked_conv2d", x, weight, std::string(mask_type), data_channels);
   if (bias.has_value()) {
     check_like(x, "x", *bias, "masked_conv2d", "bias", false);
@@ -150,7 +152,7 @@ at::Tensor masked_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight, con
                 a.cout, ",); got ", bias->sizes());
   }
   c10::cuda::CUDAGuard guard(x.device());
-  auto xs = to_nhwc(x, x.scalar_type());
+  auto xs = to_nhwc(relu_input ? at::relu(x) : x, x.scalar_type());  // the layer's input: relu(x) when fused
   auto wa = weight.permute({2, 3, 1, 0}).contiguous();
   auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
   auto y = at::empty({a.n, a.h, a.w, a.cout}, x.options());
@@ -169,7 +171,7 @@ at::Tensor masked_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight, con
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cuda(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, c10::string_view mask_type,
-    int64_t data_channels, bool x_grad, bool weight_grad, bool bias_grad) {
+    int64_t data_channels, bool relu_input, bool x_grad, bool weight_grad, bool bias_grad) {
   auto a = check_masked_conv_backward(grad_y, x, weight, std::string(mask_type), data_channels);
   c10::cuda::CUDAGuard guard(x.device());
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -187,6 +189,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cuda(
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
+    // through the fused input ReLU: zero where x <= 0 or NaN (threshold_backward's rule)
+    if (relu_input) out.masked_fill_(to_nhwc(x, x.scalar_type()).gt(0).logical_not(), 0);
     gx = from_nhwc(out, x.scalar_type());
   }
   if (weight_grad) {
@@ -195,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cuda(
     const int64_t blocks = taps * a.cin * a.cout;
     if (blocks > 0 && a.n * a.h * a.w > 0) {
       TORCH_CHECK(blocks < (int64_t(1) << 31), "fastgen::masked_conv2d_backward: too many weight taps for one grid");
-      auto xs = to_nhwc(x, x.scalar_type());
+      auto xs = to_nhwc(relu_input ? at::relu(x) : x, x.scalar_type());
       AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "masked_conv2d_backward_weight_cuda", [&] {
         backward_weight_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
             xs.const_data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>(), arranged.mutable_data_ptr<scalar_t>(),

@@ -66,11 +66,11 @@ class MaskedHead(nn.Module):
     def __init__(self, in_channels, head_channels, num_logits, data_channels):
         super().__init__()
         self.c = data_channels
-        self.conv1 = MaskedConv2d(in_channels, head_channels, 1, "B", data_channels)
-        self.conv2 = MaskedConv2d(head_channels, num_logits * data_channels, 1, "B", data_channels)
+        self.conv1 = MaskedConv2d(in_channels, head_channels, 1, "B", data_channels, relu_input=True)
+        self.conv2 = MaskedConv2d(head_channels, num_logits * data_channels, 1, "B", data_channels, relu_input=True)
 
-    def forward(self, s):
-        return head_logits(self.conv2(F.relu(self.conv1(F.relu(s)))), self.c)
+    def forward(self, s):  # (the ReLUs fused into the convs)
+        return head_logits(self.conv2(self.conv1(s)), self.c)
 
     def matrices(self):
         """(w1, b1, w2, b2): the two convs as matrices for `at_position`."""

@@ -27,17 +27,18 @@ def _check_int(name, v, low):
 
 
 class _ResidualBlock(nn.Module):
-    """s + 1x1(ReLU(kxk_B(ReLU(1x1(ReLU(s)))))) with a channels / 2 bottleneck (all masked)."""
+    """s + 1x1(ReLU(kxk_B(ReLU(1x1(ReLU(s)))))) with a channels / 2 bottleneck (all masked; each
+    ReLU fused into the conv after it)."""
 
     def __init__(self, channels, kernel_size, data_channels):
         super().__init__()
         mid = channels // 2
-        self.reduce = MaskedConv2d(channels, mid, 1, "B", data_channels)
-        self.conv = MaskedConv2d(mid, mid, kernel_size, "B", data_channels)
-        self.expand = MaskedConv2d(mid, channels, 1, "B", data_channels)
+        self.reduce = MaskedConv2d(channels, mid, 1, "B", data_channels, relu_input=True)
+        self.conv = MaskedConv2d(mid, mid, kernel_size, "B", data_channels, relu_input=True)
+        self.expand = MaskedConv2d(mid, channels, 1, "B", data_channels, relu_input=True)
 
     def forward(self, s):
-        return s + self.expand(F.relu(self.conv(F.relu(self.reduce(F.relu(s))))))
+        return s + self.expand(self.conv(self.reduce(s)))
 
 
 class PixelCNN(AutoregressiveModel):

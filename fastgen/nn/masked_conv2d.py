@@ -21,9 +21,12 @@ class MaskedConv2d(nn.Module):
     Output pixel (h, w) sees the input rows above h and the pixels left of w in row h; the
     centre pixel is excluded (mask_type "A") or included (mask_type "B"). With data_channels=3
     the channels split into R, G, B groups and at the centre group g sees groups < g ("A") or
-    <= g ("B"). The weight is stored unmasked and never mutated; masked entries get zero grads."""
+    <= g ("B"). The weight is stored unmasked and never mutated; masked entries get zero grads.
+    relu_input=True: the layer computes conv(relu(x)), the ReLU fused into the kernel (a PixelCNN's
+    ReLU before each conv, without a separate pass over the activation and its gradient)."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, mask_type="A", data_channels=1, bias=True):
+    def __init__(self, in_channels, out_channels, kernel_size, mask_type="A", data_channels=1, bias=True,
+                 relu_input=False):
         super().__init__()
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(v, int) or v <= 0:
@@ -35,7 +38,9 @@ class MaskedConv2d(nn.Module):
                              f"got {data_channels!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = _pair(kernel_size)
-        self.mask_type, self.data_channels = mask_type, data_channels
+        if not isinstance(relu_input, bool):
+            raise ValueError(f"relu_input must be a bool; got {relu_input!r}")
+        self.mask_type, self.data_channels, self.relu_input = mask_type, data_channels, relu_input
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
@@ -58,9 +63,9 @@ class MaskedConv2d(nn.Module):
         return self.weight * self.mask()
 
     def forward(self, x):
-        return masked_conv2d(x, self.weight, self.bias, self.mask_type, self.data_channels)
+        return masked_conv2d(x, self.weight, self.bias, self.mask_type, self.data_channels, self.relu_input)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"mask_type={self.mask_type!r}, data_channels={self.data_channels}, "
-                f"bias={self.bias is not None}")
+                f"bias={self.bias is not None}" + (", relu_input=True" if self.relu_input else ""))

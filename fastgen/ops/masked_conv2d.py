@@ -1,6 +1,7 @@
 """fastgen.ops.masked_conv2d: the PixelCNN masked convolution, skipping the mask's zero taps.
 
-y = conv2d(x, weight * mask, bias, padding=(kh // 2, kw // 2)) with the PixelCNN mask of type
+y = conv2d(relu(x) if relu_input else x, weight * mask, bias, padding=(kh // 2, kw // 2)) with
+the PixelCNN mask of type
 "A" or "B" over `data_channels` colour groups (fastgen.reference.masked_conv2d). The mask is
 never materialised on the weight: the kernels only visit the taps above and left of the centre
 (plus the centre's allowed channel pairs), about half of a square kernel, and the gradient of
@@ -25,11 +26,11 @@ def _channels_last(t, shape):
     return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=torch.channels_last)
 
 
-def _fake(x, weight, bias, mask_type, data_channels):
+def _fake(x, weight, bias, mask_type, data_channels, relu_input):
     return _channels_last(x, (x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
 
 
-def _fake_backward(grad_y, x, weight, mask_type, data_channels, x_grad, weight_grad, bias_grad):
+def _fake_backward(grad_y, x, weight, mask_type, data_channels, relu_input, x_grad, weight_grad, bias_grad):
     return (_channels_last(x, x.shape) if x_grad else x.new_empty(0),
             torch.empty_like(weight, memory_format=torch.contiguous_format) if weight_grad
             else weight.new_empty(0),
@@ -38,25 +39,26 @@ def _fake_backward(grad_y, x, weight, mask_type, data_channels, x_grad, weight_g
 
 # --- autograd -----------------------------------------------------------------------------
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, mask_type, data_channels = inputs
+    x, weight, bias, mask_type, data_channels, relu_input = inputs
     ctx.save_for_backward(x, weight)
     ctx.mask_type, ctx.data_channels, ctx.has_bias = mask_type, data_channels, bias is not None
+    ctx.relu_input = relu_input
 
 
 def _make_backward(backward_op):
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
-        gx, gw, gb = backward_op(grad_y, x, weight, ctx.mask_type, ctx.data_channels,
+        gx, gw, gb = backward_op(grad_y, x, weight, ctx.mask_type, ctx.data_channels, ctx.relu_input,
                                  need[0], need[1], bool(ctx.has_bias and need[2]))
         return (gx if need[0] else None, gw if need[1] else None,
-                gb if (ctx.has_bias and need[2]) else None, None, None)
+                gb if (ctx.has_bias and need[2]) else None, None, None, None)
 
     return backward
 
 
 # --- the public op --------------------------------------------------------------------------
-def check_args(x, weight, bias, mask_type, data_channels):
+def check_args(x, weight, bias, mask_type, data_channels, relu_input=False):
     check_float(OP, "x", x)
     if x.dim() != 4:
         raise ValueError(f"fastgen.{OP}: x must be (N, C, H, W); got shape {tuple(x.shape)}")
@@ -79,14 +81,17 @@ def check_args(x, weight, bias, mask_type, data_channels):
             or data_channels > min(cin, cout)):
         raise ValueError(f"fastgen.{OP}: data_channels must be an int in [1, min(Cin, Cout) = "
                          f"{min(cin, cout)}]; got {data_channels!r}")
+    if not isinstance(relu_input, bool):
+        raise ValueError(f"fastgen.{OP}: relu_input must be a bool; got {relu_input!r}")
 
 
-def _vendor(x, weight, bias, mask_type, data_channels):
+def _vendor(x, weight, bias, mask_type, data_channels, relu_input):
     """F.conv2d on where(mask, W, 0): a select, so masked taps contribute exactly 0 (even inf/NaN
     weights) and get exactly-zero gradients; the output in F.conv2d's memory format."""
     cout, cin, kh, kw = weight.shape
     mask = _reference.build_mask(cout, cin, kh, kw, mask_type, data_channels, torch.bool, weight.device)
     masked = torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+    x = torch.relu(x) if relu_input else x
     return torch.nn.functional.conv2d(x, masked, bias, padding=(kh // 2, kw // 2))
 
 
@@ -94,21 +99,24 @@ def _vendor(x, weight, bias, mask_type, data_channels):
 # our direct convolution is SIMT. "cuda" / "triton" stay selectable by name.
 SPEC = OpSpec(
     OP, reference=_reference.masked_conv2d, gpu_default="vendor", vendor=_vendor, output=None,
-    schema="(Tensor x, Tensor weight, Tensor? bias, str mask_type, int data_channels) -> Tensor",
-    backward_schema="(Tensor grad_y, Tensor x, Tensor weight, str mask_type, int data_channels, bool x_grad, "
-                    "bool weight_grad, bool bias_grad) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)",
+    schema="(Tensor x, Tensor weight, Tensor? bias, str mask_type, int data_channels, bool relu_input) -> Tensor",
+    backward_schema="(Tensor grad_y, Tensor x, Tensor weight, str mask_type, int data_channels, bool relu_input, "
+                    "bool x_grad, bool weight_grad, bool bias_grad) "
+                    "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)",
     fake=_fake, fake_backward=_fake_backward, setup_context=_setup_context, make_backward=_make_backward)
 
 
-def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1):
+def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1, relu_input=False):
     """PixelCNN masked convolution, same-size output.
 
     x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw) with kh, kw odd, bias: (Cout,) or None
     -> (N, Cout, H, W), in x's memory format as F.conv2d (channels-last for channels-last x, else
     contiguous). mask_type "A" excludes the centre tap (between equal colour groups),
-    "B" includes it; data_channels: number of colour groups (R -> G -> B) the channels split into."""
-    check_args(x, weight, bias, mask_type, data_channels)
-    y = SPEC.dispatch(x.device, x, weight, bias, mask_type, data_channels)
+    "B" includes it; data_channels: number of colour groups (R -> G -> B) the channels split into.
+    relu_input: convolve relu(x) instead of x (the ReLU fused into the kernels' reads of x and,
+    backward, into their write of grad_x: no separate ReLU pass over x or its gradient)."""
+    check_args(x, weight, bias, mask_type, data_channels, relu_input)
+    y = SPEC.dispatch(x.device, x, weight, bias, mask_type, data_channels, relu_input)
     # The kernels return channels-last; every impl hands back the layout F.conv2d gives, by ATen's
     # rule on x's strides (suggest_memory_format, which also tells a channels-last x of one
     # channel from a contiguous one): channels-last for a channels-last x (a stack of layers fed

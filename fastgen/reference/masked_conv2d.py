@@ -41,9 +41,12 @@ def build_mask(out_channels, in_channels, kh, kw, mask_type, data_channels=1, dt
     return mask
 
 
-def masked_conv2d(x, weight, bias, mask_type, data_channels):
+def masked_conv2d(x, weight, bias, mask_type, data_channels, relu_input=False):
     """x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw) (kh, kw odd), bias: (Cout,) or None
-    -> y: (N, Cout, H, W), y = conv2d(x, weight * mask, bias, padding=(kh // 2, kw // 2))."""
+    -> y: (N, Cout, H, W), y = conv2d(x, weight * mask, bias, padding=(kh // 2, kw // 2)),
+    on relu(x) instead of x when relu_input."""
+    if relu_input:
+        x = torch.relu(x)
     n, _, h, w = x.shape
     cout, cin, kh, kw = weight.shape
     ch, cw = kh // 2, kw // 2

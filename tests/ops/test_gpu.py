@@ -109,7 +109,7 @@ def _opcheck_cases():
             (getattr(ops, "discriminator_loss" + suffix).default, (mu, x.flatten()[:11], "hinge", True, True)),
             (getattr(ops, "generator_loss" + suffix).default, (mu, "minimax", True)),
             (getattr(ops, "masked_linear" + suffix).default, (xl, wl, ml, wl[:, 0], *lay)),
-            (getattr(ops, "masked_conv2d" + suffix).default, (x, wc, wc[:, 0, 0, 0], "A", 3)),
+            (getattr(ops, "masked_conv2d" + suffix).default, (x, wc, wc[:, 0, 0, 0], "A", 3, True)),
             (getattr(ops, "row_lstm_scan" + suffix).default, (xs, ws, ws[:, 0, 0])),
         ]
     return cases

@@ -1,0 +1,142 @@
+// 1x1 masked convolutions on the CPU (a PixelCNN's reduce, expand and head layers, about half
+// its FLOPs), float32 / float64 with channels-last activations (masked_conv2d_cpu.cpp).
+//
+// With x seen as the (P = N*H*W, Cin) matrix X a channels-last tensor already is, and u = relu(x)
+// for a layer with a fused input ReLU (else u = x), Wc the (Cout, Cin) centre tap with the masked
+// channel pairs zeroed:
+//   Y  = U Wc^T + b                         dU = dY Wc,  dX = dU * (X > 0)  (dU with no ReLU)
+//   dWc = dY^T U (masked pairs: exact 0)    db = column sums of dY
+// Without the ReLU the forward is one whole-batch GEMM (linear_nt, threaded inside oneDNN). With
+// it, and for the whole backward, the pixels run in blocks of kBlock rows on the chunk workers:
+// each block's relu(X) rows, its dY^T (a transposed copy, which also gives the bias sums) and
+// its dX rows stay in cache between the GEMMs and the elementwise steps around them, instead of
+// whole-batch passes of ReLU, threshold_backward, transposes and sums; the weight-gradient GEMM
+// accumulates over the blocks into a per-thread (Cout, Cin) buffer (a long-K product at::mm
+// otherwise runs on MKL's AVX2 code).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "fastgen_cpu.h"
+#include "fastgen_gemm.h"
+#include "masked_conv2d/masked_conv2d_cpu_shift.h"
+#include "masked_conv2d/masked_conv2d_host.h"
+
+namespace fastgen {
+
+constexpr int64_t kPixelBlock = 256;  // pixel rows per GEMM block: a block's rows of X, dY, dX stay in L2
+
+inline bool use_1x1_gemm(const MaskedConvArgs& a, const at::Tensor& x, at::ScalarType dt) {
+  return a.kh == 1 && a.kw == 1 && a.ncols == 1 && dt == x.scalar_type() && a.n * a.h * a.w > 0;
+}
+
+// (N, C, H, W) tensor -> its (N*H*W, C) matrix, contiguous (a view when t is channels-last dense)
+inline at::Tensor pixel_matrix(const at::Tensor& t) {
+  return t.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).reshape({-1, t.size(1)});
+}
+
+inline at::Tensor matrix_to_nhwc(const at::Tensor& m, const MaskedConvArgs& a, int64_t c) {
+  return m.view({a.n, a.h, a.w, c}).permute({0, 3, 1, 2});
+}
+
+// Wc (Cout, Cin), contiguous in dtype dt, masked channel pairs exactly 0 (a select).
+inline at::Tensor centre_matrix(const at::Tensor& weight, const MaskedConvArgs& a, at::ScalarType dt) {
+  auto wc = weight.reshape({a.cout, a.cin}).to(dt).contiguous();
+  return wc.masked_fill(centre_mask(a, wc.options()) == 0, 0);
+}
+
+// body(p0, m, tid) for the pixel blocks [p0, p0 + m) of every chunk, on the chunk workers.
+template <typename F>
+void for_each_pixel_block(const MaskedConvArgs& a, const F& body) {
+  for_each_chunk(make_chunks(a.n, a.h, a.w), [&](const Chunk& ch, int tid) {
+    const int64_t begin = (ch.n0 * a.h + ch.r0) * a.w, end = begin + ch.nb * ch.nr * a.w;
+    for (int64_t p0 = begin; p0 < end; p0 += kPixelBlock) body(p0, std::min(kPixelBlock, end - p0), tid);
+  });
+}
+
+inline at::Tensor conv1x1_forward(const at::Tensor& x, const at::Tensor& wc, const std::optional<at::Tensor>& b,
+                                  const MaskedConvArgs& a, bool relu_input) {
+  const auto xm = pixel_matrix(x);
+  if (!relu_input) return matrix_to_nhwc(linear_nt(xm, wc, b), a, a.cout);
+  auto y = at::empty({a.n * a.h * a.w, a.cout}, xm.options());
+  const auto wt = wc.t().contiguous();  // (Cin, Cout)
+  AT_DISPATCH_FLOATING_TYPES(xm.scalar_type(), "masked_conv2d_1x1", [&] {
+    const scalar_t* X = xm.const_data_ptr<scalar_t>();
+    const scalar_t* W = wt.const_data_ptr<scalar_t>();
+    const scalar_t* B = b.has_value() ? b->const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* Y = y.mutable_data_ptr<scalar_t>();
+    for_each_pixel_block(a, [&](int64_t p0, int64_t m, int) {
+      std::vector<scalar_t> u(m * a.cin);
+      const scalar_t* xs = X + p0 * a.cin;
+      for (int64_t i = 0; i < m * a.cin; ++i) u[i] = relu_value(xs[i]);
+      scalar_t* ys = Y + p0 * a.cout;
+      if (B)
+        for (int64_t i = 0; i < m; ++i) std::copy(B, B + a.cout, ys + i * a.cout);
+      gemm_rowmajor(m, a.cout, a.cin, u.data(), a.cin, W, a.cout, ys, a.cout, B != nullptr);
+    });
+  });
+  return matrix_to_nhwc(y, a, a.cout);
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward(const at::Tensor& grad_y,
+                                                                       const at::Tensor& x,
+                                                                       const at::Tensor& weight,
+                                                                       const MaskedConvArgs& a, bool relu_input,
+                                                                       bool x_grad, bool weight_grad, bool bias_grad) {
+  const auto gym = pixel_matrix(grad_y), xm = pixel_matrix(x);
+  const auto dt = xm.scalar_type();
+  const auto wc = centre_matrix(weight, a, dt);  // (Cout, Cin)
+  const int threads = at::get_num_threads();
+  at::Tensor gx = x.new_empty({0}), gw = weight.new_empty({0}), gb = weight.new_empty({0});
+  at::Tensor gxm, gw_parts, gb_parts;
+  if (x_grad) gxm = at::empty({a.n * a.h * a.w, a.cin}, xm.options());
+  if (weight_grad) gw_parts = at::zeros({threads, a.cout, a.cin}, xm.options());
+  if (bias_grad) gb_parts = at::zeros({threads, a.cout}, xm.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_1x1_backward", [&] {
+    const scalar_t* X = xm.const_data_ptr<scalar_t>();
+    const scalar_t* GY = gym.const_data_ptr<scalar_t>();
+    const scalar_t* W = wc.const_data_ptr<scalar_t>();
+    scalar_t* GX = x_grad ? gxm.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* GW = weight_grad ? gw_parts.mutable_data_ptr<scalar_t>() : nullptr;
+    double* GB = bias_grad ? gb_parts.mutable_data_ptr<double>() : nullptr;
+    for_each_pixel_block(a, [&](int64_t p0, int64_t m, int tid) {
+      const scalar_t* gys = GY + p0 * a.cout;
+      const scalar_t* xs = X + p0 * a.cin;
+      if (GX) {
+        scalar_t* gxs = GX + p0 * a.cin;
+        gemm_rowmajor(m, a.cin, a.cout, gys, a.cout, W, a.cin, gxs, a.cin, false);
+        if (relu_input)
+          for (int64_t i = 0; i < m * a.cin; ++i) gxs[i] = xs[i] > scalar_t(0) ? gxs[i] : scalar_t(0);
+      }
+      if (GW) {
+        std::vector<scalar_t> gyt(a.cout * m), u(relu_input ? m * a.cin : 0);
+        transpose_tiles<scalar_t, scalar_t>(gys, a.cout, gyt.data(), m, m, a.cout);
+        if (relu_input)
+          for (int64_t i = 0; i < m * a.cin; ++i) u[i] = relu_value(xs[i]);
+        gemm_rowmajor(a.cout, a.cin, m, gyt.data(), m, relu_input ? u.data() : xs, a.cin,
+                      GW + tid * a.cout * a.cin, a.cin, true);
+      }
+      if (GB) {  // the block's sums in scalar_t (vectorised across channels), added up in double
+        std::vector<scalar_t> part(gys, gys + a.cout);
+        for (int64_t i = 1; i < m; ++i)
+          for (int64_t o = 0; o < a.cout; ++o) part[o] += gys[i * a.cout + o];
+        for (int64_t o = 0; o < a.cout; ++o) GB[tid * a.cout + o] += static_cast<double>(part[o]);
+      }
+    });
+  });
+  if (x_grad) gx = matrix_to_nhwc(gxm, a, a.cin);
+  if (weight_grad) {
+    auto g = gw_parts.sum(0);
+    gw = g.masked_fill(centre_mask(a, g.options()) == 0, 0).view({a.cout, a.cin, 1, 1}).to(weight.scalar_type());
+  }
+  if (bias_grad) gb = gb_parts.sum(0).to(weight.scalar_type());
+  return {gx, gw, gb};
+}
+
+}  // namespace fastgen
