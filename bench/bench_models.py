@@ -27,6 +27,8 @@ models' does not.
 Quick mode: 8x8 images, tiny widths, batch 8, no torch.compile.
 """
 import copy
+import datetime
+import json
 import os
 import subprocess
 import sys
@@ -37,7 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastgen  # noqa: E402
 import fastgen.ops as fops  # noqa: E402
-from bench._harness import format_table, report, time_interleaved  # noqa: E402
+from bench._harness import RESULTS, environment, format_table, report, time_interleaved  # noqa: E402
 from bench.plain_models import plain_from  # noqa: E402
 from bench.recipes import RECIPES  # noqa: E402
 
@@ -235,7 +237,29 @@ def _bench_model(name, quick, repeats, compile=True):
     return rows
 
 
-def run(quick=False, models=None, compile=True):
+def merge(model_rows, name):
+    """Put one model's rows into bench/results/models.json, replacing that model's earlier rows
+    and keeping the others' (each row names its CPU, threads, load and date): how a table is
+    filled one quiet window at a time on a shared machine."""
+    path = os.path.join(RESULTS, "models.json")
+    res = json.load(open(path)) if os.path.exists(path) else {"name": "models", "rows": []}
+    rows = [r for r in res["rows"] if r["case"].split(" ", 1)[0] != name] + model_rows
+    order = {m: i for i, m in enumerate(MODELS)}
+    rows.sort(key=lambda r: order.get(r["case"].split(" ", 1)[0], len(order)))
+    have = {r["case"].split(" ", 1)[0] for r in rows}
+    dates = sorted({f"{r['case'].split(' ', 1)[0]} {r.get('date', '?')[:16]}" for r in rows})
+    res.update(environment=environment(), rows=rows, partial=not have >= set(MODELS),
+               missing_models=[m for m in MODELS if m not in have],
+               how="each model timed in its own quiet window, background training paused, by "
+                   "`python bench/bench_models.py MODEL --merge` (2 threads; the bench's allocator "
+                   "settings): " + ", ".join(dates))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(tmp, path)
+
+
+def run(quick=False, models=None, compile=True, merge_each=False):
     repeats = 1 if quick else 3
     env = cpu_info()
     print(f"bench_models: {env}")
@@ -243,19 +267,25 @@ def run(quick=False, models=None, compile=True):
     for name in models or MODELS:
         t0 = time.perf_counter()
         model_rows = _bench_model(name, quick, repeats, compile)
+        date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         for r in model_rows:
-            r.update(env)
+            r.update(env, date=date)
         rows += model_rows
         print(f"\n{name}: {time.perf_counter() - t0:.0f} s, load average {os.getloadavg()}")
         print(format_table(model_rows), flush=True)   # as it goes: a full run takes a while
+        if merge_each:
+            merge(model_rows, name)
     return rows
 
 
 if __name__ == "__main__":
     quick = "--quick" in sys.argv
     only = [a for a in sys.argv[1:] if not a.startswith("--")]
-    # python bench/bench_models.py [--quick] [--no-compile] [MODEL ...]: a partial run writes
-    # models.partial.json, leaving the full run's models.json alone
+    # python bench/bench_models.py [--quick] [--no-compile] [--merge] [MODEL ...]: a partial run
+    # writes models.partial.json, leaving the full run's models.json alone; with --merge each
+    # model's rows go into models.json as soon as it is done, replacing that model's rows only
+    merge_each = "--merge" in sys.argv and not quick and "--no-compile" not in sys.argv
     partial = bool(only) or "--no-compile" in sys.argv
-    rows = run(quick=quick, models=only or None, compile="--no-compile" not in sys.argv)
-    report("models.quick" if quick else "models.partial" if partial else "models", rows)
+    rows = run(quick=quick, models=only or None, compile="--no-compile" not in sys.argv, merge_each=merge_each)
+    if not merge_each:
+        report("models.quick" if quick else "models.partial" if partial else "models", rows)

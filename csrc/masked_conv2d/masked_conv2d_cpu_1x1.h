@@ -11,7 +11,7 @@
 // each block's relu(X) rows, its dY^T (a transposed copy, which also gives the bias sums) and
 // its dX rows stay in cache between the GEMMs and the elementwise steps around them, instead of
 // whole-batch passes of ReLU, threshold_backward, transposes and sums; the weight-gradient GEMM
-// accumulates over the blocks into a per-thread (Cout, Cin) buffer (a long-K product at::mm
+// accumulates over the blocks into a per-chunk (Cout, Cin) buffer, summed in chunk order (a long-K product at::mm
 // otherwise runs on MKL's AVX2 code).
 #pragma once
 
@@ -51,12 +51,15 @@ inline at::Tensor centre_matrix(const at::Tensor& weight, const MaskedConvArgs& 
   return wc.masked_fill(centre_mask(a, wc.options()) == 0, 0);
 }
 
-// body(p0, m, tid) for the pixel blocks [p0, p0 + m) of every chunk, on the chunk workers.
+// body(p0, m, part) for the pixel blocks [p0, p0 + m) of every chunk, on the chunk workers; part is
+// the chunk's index: a chunk's sums go to its own slot, added up in chunk order afterwards, so a
+// reduction does not depend on which worker took which chunk (deterministic for a thread count).
 template <typename F>
-void for_each_pixel_block(const MaskedConvArgs& a, const F& body) {
-  for_each_chunk(make_chunks(a.n, a.h, a.w), [&](const Chunk& ch, int tid) {
+void for_each_pixel_block(const MaskedConvArgs& a, const std::vector<Chunk>& chunks, const F& body) {
+  for_each_chunk(chunks, [&](const Chunk& ch, int) {
+    const int64_t part = &ch - chunks.data();
     const int64_t begin = (ch.n0 * a.h + ch.r0) * a.w, end = begin + ch.nb * ch.nr * a.w;
-    for (int64_t p0 = begin; p0 < end; p0 += kPixelBlock) body(p0, std::min(kPixelBlock, end - p0), tid);
+    for (int64_t p0 = begin; p0 < end; p0 += kPixelBlock) body(p0, std::min(kPixelBlock, end - p0), part);
   });
 }
 
@@ -71,7 +74,7 @@ inline at::Tensor conv1x1_forward(const at::Tensor& x, const at::Tensor& wc, con
     const scalar_t* W = wt.const_data_ptr<scalar_t>();
     const scalar_t* B = b.has_value() ? b->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* Y = y.mutable_data_ptr<scalar_t>();
-    for_each_pixel_block(a, [&](int64_t p0, int64_t m, int) {
+    for_each_pixel_block(a, make_chunks(a.n, a.h, a.w), [&](int64_t p0, int64_t m, int64_t) {
       std::vector<scalar_t> u(m * a.cin);
       const scalar_t* xs = X + p0 * a.cin;
       for (int64_t i = 0; i < m * a.cin; ++i) u[i] = relu_value(xs[i]);
@@ -92,12 +95,13 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward(const at:
   const auto gym = pixel_matrix(grad_y), xm = pixel_matrix(x);
   const auto dt = xm.scalar_type();
   const auto wc = centre_matrix(weight, a, dt);  // (Cout, Cin)
-  const int threads = at::get_num_threads();
+  const auto chunks = make_chunks(a.n, a.h, a.w);
+  const int64_t parts = static_cast<int64_t>(chunks.size());
   at::Tensor gx = x.new_empty({0}), gw = weight.new_empty({0}), gb = weight.new_empty({0});
   at::Tensor gxm, gw_parts, gb_parts;
   if (x_grad) gxm = at::empty({a.n * a.h * a.w, a.cin}, xm.options());
-  if (weight_grad) gw_parts = at::zeros({threads, a.cout, a.cin}, xm.options());
-  if (bias_grad) gb_parts = at::zeros({threads, a.cout}, xm.options().dtype(at::kDouble));
+  if (weight_grad) gw_parts = at::zeros({parts, a.cout, a.cin}, xm.options());
+  if (bias_grad) gb_parts = at::zeros({parts, a.cout}, xm.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(dt, "masked_conv2d_1x1_backward", [&] {
     const scalar_t* X = xm.const_data_ptr<scalar_t>();
     const scalar_t* GY = gym.const_data_ptr<scalar_t>();
@@ -105,7 +109,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward(const at:
     scalar_t* GX = x_grad ? gxm.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* GW = weight_grad ? gw_parts.mutable_data_ptr<scalar_t>() : nullptr;
     double* GB = bias_grad ? gb_parts.mutable_data_ptr<double>() : nullptr;
-    for_each_pixel_block(a, [&](int64_t p0, int64_t m, int tid) {
+    for_each_pixel_block(a, chunks, [&](int64_t p0, int64_t m, int64_t part) {
       const scalar_t* gys = GY + p0 * a.cout;
       const scalar_t* xs = X + p0 * a.cin;
       if (GX) {
@@ -120,13 +124,13 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward(const at:
         if (relu_input)
           for (int64_t i = 0; i < m * a.cin; ++i) u[i] = relu_value(xs[i]);
         gemm_rowmajor(a.cout, a.cin, m, gyt.data(), m, relu_input ? u.data() : xs, a.cin,
-                      GW + tid * a.cout * a.cin, a.cin, true);
+                      GW + part * a.cout * a.cin, a.cin, true);
       }
       if (GB) {  // the block's sums in scalar_t (vectorised across channels), added up in double
-        std::vector<scalar_t> part(gys, gys + a.cout);
+        std::vector<scalar_t> sums(gys, gys + a.cout);
         for (int64_t i = 1; i < m; ++i)
-          for (int64_t o = 0; o < a.cout; ++o) part[o] += gys[i * a.cout + o];
-        for (int64_t o = 0; o < a.cout; ++o) GB[tid * a.cout + o] += static_cast<double>(part[o]);
+          for (int64_t o = 0; o < a.cout; ++o) sums[o] += gys[i * a.cout + o];
+        for (int64_t o = 0; o < a.cout; ++o) GB[part * a.cout + o] += static_cast<double>(sums[o]);
       }
     });
   });
