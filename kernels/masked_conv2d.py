@@ -169,7 +169,7 @@ def masked_conv2d_forward(x, weight, bias, mask_type, data_channels, relu_input)
 @on_device
 def masked_conv2d_backward(grad_y, x, weight, mask_type, data_channels, relu_input, x_grad, weight_grad, bias_grad):
     """-> (grad_x channels-last or empty, grad_weight (zero on masked taps) or empty, grad_bias or empty).
-    relu_input: grad_x through the input ReLU (zero where x <= 0 or NaN), grad_weight from relu(x)."""
+    relu_input: grad_x through the input ReLU (zero where x <= 0; a NaN x passes it), grad_weight from relu(x)."""
     x_in = torch.relu(x) if relu_input else x
     n, cin, h, w = x.shape
     cout, _, kh, kw = weight.shape
@@ -181,7 +181,7 @@ def masked_conv2d_backward(grad_y, x, weight, mask_type, data_channels, relu_inp
             _run_conv(gy, weight.permute(2, 3, 0, 1).contiguous(), None, out, n, h, w, cout, cin, cin, cout,
                       data_channels, kh, kw, mask_type, True)
         if relu_input:
-            out.masked_fill_(~(_nhwc(x) > 0), 0)
+            out.masked_fill_(_nhwc(x) <= 0, 0)  # a NaN x passes, as threshold_backward
         gx = out.permute(0, 3, 1, 2)
     if weight_grad:
         arranged = weight.new_zeros(kh, kw, cin, cout)

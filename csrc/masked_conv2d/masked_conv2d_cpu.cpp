@@ -162,7 +162,8 @@ void fill_channels(at::Tensor& t, const std::optional<at::Tensor>& value) {
   });
 }
 
-// gxs (a chunk of the input gradient, channels-last dense) = 0 where x <= 0 (or NaN): the
+// gxs (a chunk of the input gradient, channels-last dense) = 0 where x <= 0 (a NaN x passes its
+// gradient, as torch.relu's threshold_backward does): the
 // gradient through a fused input ReLU, in cache right after the chunk's convolutions. x: the
 // layer's input (N, C, H, W), any strides, its dtype.
 void relu_grad_mask_(at::Tensor& gxs, const at::Tensor& x, const Chunk& ch) {
@@ -178,7 +179,7 @@ void relu_grad_mask_(at::Tensor& gxs, const at::Tensor& x, const Chunk& ch) {
           G* gr = g + (n * ch.nr + r) * w * c;
           for (int64_t q = 0; q < w; ++q)
             for (int64_t k = 0; k < c; ++k)
-              if (!(xr[q * sw + k * sc] > scalar_t(0))) gr[q * c + k] = G(0);
+              if (xr[q * sw + k * sc] <= scalar_t(0)) gr[q * c + k] = G(0);
         }
     });
   });

@@ -4,7 +4,7 @@
 // With x seen as the (P = N*H*W, Cin) matrix X a channels-last tensor already is, and u = relu(x)
 // for a layer with a fused input ReLU (else u = x), Wc the (Cout, Cin) centre tap with the masked
 // channel pairs zeroed:
-//   Y  = U Wc^T + b                         dU = dY Wc,  dX = dU * (X > 0)  (dU with no ReLU)
+//   Y  = U Wc^T + b                         dU = dY Wc,  dX = where(X <= 0, 0, dU)  (dU with no ReLU)
 //   dWc = dY^T U (masked pairs: exact 0)    db = column sums of dY
 // Without the ReLU the forward is one whole-batch GEMM (linear_nt, threaded inside oneDNN). With
 // it, and for the whole backward, the pixels run in blocks of kBlock rows on the chunk workers:
@@ -116,7 +116,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward(const at:
         scalar_t* gxs = GX + p0 * a.cin;
         gemm_rowmajor(m, a.cin, a.cout, gys, a.cout, W, a.cin, gxs, a.cin, false);
         if (relu_input)
-          for (int64_t i = 0; i < m * a.cin; ++i) gxs[i] = xs[i] > scalar_t(0) ? gxs[i] : scalar_t(0);
+          for (int64_t i = 0; i < m * a.cin; ++i) gxs[i] = xs[i] <= scalar_t(0) ? scalar_t(0) : gxs[i];
       }
       if (GW) {
         std::vector<scalar_t> gyt(a.cout * m), u(relu_input ? m * a.cin : 0);

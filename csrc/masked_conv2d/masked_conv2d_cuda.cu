@@ -189,8 +189,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cuda(
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
-    // through the fused input ReLU: zero where x <= 0 or NaN (threshold_backward's rule)
-    if (relu_input) out.masked_fill_(to_nhwc(x, x.scalar_type()).gt(0).logical_not(), 0);
+    // through the fused input ReLU: zero where x <= 0, a NaN x passing (threshold_backward's rule)
+    if (relu_input) out.masked_fill_(to_nhwc(x, x.scalar_type()).le(0), 0);
     gx = from_nhwc(out, x.scalar_type());
   }
   if (weight_grad) {

@@ -68,6 +68,15 @@ def test_relu_input_channels_last_nan_and_bf16(impl, device):
         y = masked_conv2d(xn, weight, b, "B", 1, relu_input=True)
         # (against the reference: the oracle's multiply by the mask spreads the NaN through masked taps)
         assert torch.equal(y.isnan(), reference(xn, weight, b, "B", 1, True).isnan()) and y.isnan().any()
+        # grad_x through the ReLU: zero where x <= 0, passed at a NaN (torch.relu's backward)
+        xg, xr = xn.clone().requires_grad_(), xn.clone().requires_grad_()
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(device)
+        (gx,) = torch.autograd.grad(masked_conv2d(xg, weight, b, "B", 1, relu_input=True), xg, gy)
+        (gr,) = torch.autograd.grad(F.conv2d(torch.relu(xr), torch.where(oracle_mask(*weight.shape, "B", 1).to(device) > 0,
+                                                                          weight, 0), b,
+                                             padding=(weight.shape[2] // 2, weight.shape[3] // 2)), xr, gy)
+        assert torch.isfinite(gr[0, 1, 2, 3]) and gr[0, 1, 2, 3] != 0
+        torch.testing.assert_close(gx, gr, rtol=1e-4, atol=1e-4)
         xb, wb, bb = x.bfloat16(), weight.bfloat16(), b.bfloat16()
         assert_close_bf16(masked_conv2d(xb, wb, bb, "B", 1, relu_input=True),
                           reference(xb, wb, bb, "B", 1, True), relu_oracle(x.double(), weight.double(), b.double(), "B", 1))
