@@ -161,7 +161,8 @@ struct Acc<float> {
 // sigmoid for the CPU passes: nade.h's (the CUDA kernel's math) except for float32 vectors in
 // AVX2/AVX-512 builds, where it is 1 / (1 + e^-x) with e^t for t = -x clamped to [-87, 88]
 // (fastgen_math.h's fg_exp_parts; x < -87.3 gives 0 or a denormal, x > 87 gives 1) and the
-// division by rcp and Newton steps. NaN stays NaN (the clamp passes it through). About 20 vector
+// division by rcp14 and a Newton step (AVX-512; exact at d = 1) or a division (AVX2). NaN stays
+// NaN (the clamp passes it through). About 20 vector
 // instructions where the generic form takes 35: the sigmoid is most of each pass.
 template <typename V>
 inline V sigmoid_cpu(const V& x) { return nade_sigmoid(x); }
@@ -170,14 +171,14 @@ inline at::vec::Vectorized<float> sigmoid_cpu(const at::vec::Vectorized<float>& 
   using Vf = at::vec::Vectorized<float>;
   Vf s, q;
   fg_exp_parts(at::vec::clamp(Vf(0.f) - x, Vf(-87.f), Vf(88.f)), s, q);
-  const Vf d = at::vec::fmadd(s, q, s) + Vf(1.f);  // 1 + e^-x
+  const Vf d = at::vec::fmadd(q + Vf(1.f), s, Vf(1.f));  // 1 + e^-x rounded once (1 - h is tiny near h = 1)
 #if defined(CPU_CAPABILITY_AVX512)
   Vf y = _mm512_rcp14_ps(d);  // 14 bits; one Newton step gives about 28
   y = y * at::vec::fnmadd(d, y, Vf(2.f));
 #else
-  Vf y = _mm256_rcp_ps(d);  // 12 bits: two Newton steps
-  y = y * at::vec::fnmadd(d, y, Vf(2.f));
-  y = y * at::vec::fnmadd(d, y, Vf(2.f));
+  // a division, correctly rounded: rcp_ps(1) is 12 bits short of 1 and Newton steps stop one ulp
+  // below it, which would give a saturated unit h = 1 - 2^-24 and h (1 - h) != 0 in the backward
+  const Vf y = Vf(1.f) / d;
 #endif
   return y;
 }

@@ -132,11 +132,18 @@ def test_extreme_values(impl, device):
     with torch.no_grad():
         args[1].mul_(1e3)
         args[2].mul_(1e3)
-    gout = torch.randn(3, 6, 2, device=device)
+    gout = torch.randn(3, 6, 2, generator=torch.Generator().manual_seed(1)).to(device)
     ours = grads(nade, args, gout)
     for a in ours:
         assert torch.isfinite(a).all()
-    assert_all_close(ours, grads(reference, args, gout), torch.float32, dict(rtol=1e-4, atol=1e-3))
+    # saturated units must give h exactly 0 or 1 (h (1 - h) = 0: no gradient), else W ~ 1e3 turns
+    # an ulp of h into noise in grad_v: ours within twice the float32 reference's own error
+    # against float64, plus 1e-5
+    ref = grads(reference, args, gout)
+    truth = grads(reference, [a.detach().double().requires_grad_() for a in args], gout.double())
+    for name, a, r, t in zip(NAMES, ours, ref, truth):
+        err_ours, err_ref = (a.double() - t).abs().max().item(), (r.double() - t).abs().max().item()
+        assert err_ours <= 2 * err_ref + 1e-5, f"{name}: {err_ours:.3g} vs reference {err_ref:.3g}"
 
 
 def test_bf16(impl, device):
