@@ -80,7 +80,7 @@ def masked_linear_forward(x, weight, mask, bias, row_blocks, col_blocks=None):
     x, weight, mask8 = x.contiguous(), weight.contiguous(), mask.contiguous().view(torch.uint8)
     n, out_f = x.shape[0], weight.shape[0]
     y = x.new_empty((n, out_f))
-    for r0, r1, c0, c1 in _blocks(row_blocks):
+    for r0, r1, c0, c1, _, _ in _blocks(row_blocks):
         yv = y[:, r0:r1]
         w, mk = weight[r0:r1, c0:c1], mask8[r0:r1, c0:c1]
         _launch(x[:, c0:c1], (x.stride(0), x.stride(1)), w, (w.stride(1), w.stride(0)),
@@ -99,14 +99,14 @@ def masked_linear_backward(grad_y, x, weight, mask, row_blocks, col_blocks, outp
     gx = gw = gb = none
     if output_mask[0]:
         gx = x.new_empty((n, in_f))
-        for c0, c1, r0, r1 in _blocks(col_blocks):
+        for c0, c1, r0, r1, _, _ in _blocks(col_blocks):
             w, mk = weight[r0:r1, c0:c1], mask8[r0:r1, c0:c1]
             _launch(gy[:, r0:r1], (gy.stride(0), gy.stride(1)), w, (w.stride(0), w.stride(1)),
                     mk, (mk.stride(0), mk.stride(1)), gx[:, c0:c1], None, n, c1 - c0, r1 - r0,
                     mask_b=True, mask_c=False)
     if output_mask[1]:
         gw = torch.zeros_like(weight)
-        for r0, r1, c0, c1 in _blocks(row_blocks):
+        for r0, r1, c0, c1, _, _ in _blocks(row_blocks):
             if c1 == c0:
                 continue
             g, xs, mk = gy[:, r0:r1], x[:, c0:c1], mask8[r0:r1, c0:c1]

@@ -8,7 +8,7 @@
 // Kernels only visit the blocks of a layout (row groups [r0, r1) with their input-column span
 // [c0, c1), column groups likewise): everything outside a span is a zero of the mask.
 //
-// Block records, shared by the CPU and CUDA kernels: int64 rows of 4, [a0, a1, b0, b1].
+// Block records, shared by the CPU and CUDA kernels: int64 rows of 6, [a0, a1, b0, b1, d0, d1].
 #pragma once
 
 #include <cstdint>
@@ -20,6 +20,7 @@ namespace fastgen {
 struct MaskBlock {
   int64_t a0, a1;  // the partitioned dimension's range (rows of a row group, columns of a column group)
   int64_t b0, b1;  // the other dimension's span of non-zeros
+  int64_t d0, d1;  // a range inside the span where the group's mask is all ones (empty: d0 == d1)
 };
 
 // The one piece of element math: a weight seen through the mask.

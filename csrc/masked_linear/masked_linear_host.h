@@ -12,21 +12,25 @@
 namespace fastgen {
 
 // Reads and validates a layout: groups must partition [0, extent_a) in order, spans lie in
-// [0, extent_b]. A layout built for another mask of the same shape is not detected here.
+// [0, extent_b], all-ones ranges in their spans. A layout built for another mask of the same
+// shape is not detected here (fastgen.ops.masked_linear checks that).
 inline std::vector<MaskBlock> read_mask_blocks(const at::Tensor& blocks, int64_t extent_a,
                                                int64_t extent_b, const char* name) {
   TORCH_CHECK(blocks.device().is_cpu() && blocks.scalar_type() == at::kLong && blocks.dim() == 2 &&
-                  blocks.size(1) == 4,
-              "fastgen::masked_linear: ", name, " must be an int64 CPU tensor of shape (G, 4); got ",
+                  blocks.size(1) == 6,
+              "fastgen::masked_linear: ", name, " must be an int64 CPU tensor of shape (G, 6); got ",
               blocks.scalar_type(), " ", blocks.sizes(), " on ", blocks.device());
   auto b = blocks.contiguous();
   const int64_t* p = b.const_data_ptr<int64_t>();
   std::vector<MaskBlock> out;
   int64_t next = 0;
   for (int64_t g = 0; g < b.size(0); ++g) {
-    MaskBlock blk{p[4 * g], p[4 * g + 1], p[4 * g + 2], p[4 * g + 3]};
+    const int64_t* r = p + 6 * g;
+    MaskBlock blk{r[0], r[1], r[2], r[3], r[4], r[5]};
+    if (blk.d0 == blk.d1) blk.d0 = blk.d1 = blk.b0;  // (an empty all-ones range, anywhere)
     TORCH_CHECK(blk.a0 == next && blk.a1 > blk.a0 && blk.a1 <= extent_a && blk.b0 >= 0 &&
-                    blk.b0 <= blk.b1 && blk.b1 <= extent_b,
+                    blk.b0 <= blk.b1 && blk.b1 <= extent_b && blk.b0 <= blk.d0 && blk.d0 <= blk.d1 &&
+                    blk.d1 <= blk.b1,
                 "fastgen::masked_linear: ", name, " is not a layout of this mask (group ", g, ")");
     next = blk.a1;
     out.push_back(blk);

@@ -9,8 +9,11 @@ does a few large GEMM tiles over contiguous spans and its cost falls with the de
     grad x    gx[:, c0:c1] = gy[:, r0:r1] Wm[r0:r1, c0:c1]                  (column groups)
     grad W    gW[r0:r1, c0:c1] = M ⊙ gy[:, r0:r1]^T x[:, c0:c1], 0 elsewhere (row groups)
     grad b    gb = sum_n gy[n]
-with Wm = where(M, W, 0). A layout is two int64 CPU tensors (G, 4): row groups [r0, r1, c0, c1]
-partitioning 0..O, column groups [c0, c1, r0, r1] partitioning 0..I.
+with Wm = where(M, W, 0). A layout is two int64 CPU tensors (G, 6): row groups
+[r0, r1, c0, c1, d0, d1] partitioning 0..O, column groups [c0, c1, r0, r1, d0, d1] partitioning
+0..I, where [d0, d1) is a range inside the span on which the group's mask is all ones (empty when
+d0 == d1): there the CPU kernel reads W in place instead of packing where(M, W, 0) (a staircase
+group is mostly such a range: FVSBN's triangle, MADE's degree-sorted units).
 
 Implementations: "reference", "cpp"/"cuda" (fastgen::masked_linear) and "triton"
 (fastgen::masked_linear_triton), declared once in SPEC (one fake kernel, one autograd wiring, the
@@ -30,17 +33,19 @@ OP = "masked_linear"
 # of each other for tiles 32..256 and thresholds 2048..4096, so the values stay.
 TILE = 128          # rows of the mask examined as one unit when building a layout
 GEMM_OVERHEAD = 4096  # weight entries one extra GEMM call is worth (merging threshold)
+MIN_ONES = 16       # the shortest all-ones range worth its own GEMM call (CPU: W read in place)
 
 
 class MaskLayout:
     """The block structure of a mask (see module docstring); build it with mask_layout.
 
-    row_blocks, col_blocks: int64 CPU tensors (G, 4). A layout is correct for a mask when its
-    blocks cover every non-zero of it (dense_layout covers any mask); masked_linear refuses one
-    that does not. The check reads the mask on the host, so a layout remembers the masks it was
-    checked against (the tensor, its version counter and storage; up to a few), and a call with
-    one of them unchanged costs no check and no device sync: the hot path of a module whose mask
-    stays put. A mask edited in place or reloaded bumps its version and is checked again."""
+    row_blocks, col_blocks: int64 CPU tensors (G, 6). A layout is correct for a mask when its
+    blocks cover every non-zero of it and its all-ones ranges hold no zero of it (dense_layout,
+    which claims no all-ones range, covers any mask); masked_linear refuses one that is not.
+    The check reads the mask on the host, so a layout remembers the masks it was checked
+    against (the tensor, its version counter and storage; up to a few), and a call with one of
+    them unchanged costs no check and no device sync: the hot path of a module whose mask stays
+    put. A mask edited in place or reloaded bumps its version and is checked again."""
 
     __slots__ = ("row_blocks", "col_blocks", "_known")
     _KNOWN_MAX = 8
@@ -72,8 +77,9 @@ class MaskLayout:
         del self._known[:-self._KNOWN_MAX]
 
     def covers(self, mask):
-        """Whether every non-zero of the (O, I) mask lies inside the blocks (a host read of the
-        mask, unless this mask, unchanged, was checked before)."""
+        """Whether every non-zero of the (O, I) mask lies inside the blocks and every all-ones
+        range holds only ones (a host read of the mask, unless this mask, unchanged, was checked
+        before)."""
         if self._key_known(mask):
             return True
         ok = _blocks_cover(self.row_blocks, mask.detach() != 0) and \
@@ -84,24 +90,41 @@ class MaskLayout:
 
 
 def _blocks_cover(blocks, m):
-    """Whether the groups [a0, a1, b0, b1] partition m's rows in order and hold all of m's
-    non-zeros in their spans [b0, b1)."""
+    """Whether the groups [a0, a1, b0, b1, d0, d1] partition m's rows in order, hold all of m's
+    non-zeros in their spans [b0, b1) and only non-zeros in their all-ones ranges [d0, d1)."""
     rows, cols = m.shape
-    if blocks.dim() != 2 or blocks.shape[1] != 4 or blocks.dtype != torch.int64:
+    if blocks.dim() != 2 or blocks.shape[1] != 6 or blocks.dtype != torch.int64:
         return False
     b = blocks.cpu()
     starts, ends = b[:, 0], b[:, 1]
     if rows == 0:
         return b.shape[0] == 0 or bool((ends == starts).all())
     if b.shape[0] == 0 or starts[0] != 0 or ends[-1] != rows or bool((ends < starts).any()) or \
-            bool((starts[1:] != ends[:-1]).any()) or bool((b[:, 2:] < 0).any()) or bool((b[:, 3] > cols).any()):
+            bool((starts[1:] != ends[:-1]).any()) or bool((b[:, 2:] < 0).any()) or bool((b[:, 3] > cols).any()) \
+            or bool((b[:, 4] > b[:, 5]).any()) or \
+            bool(((b[:, 4] < b[:, 5]) & ((b[:, 4] < b[:, 2]) | (b[:, 5] > b[:, 3]))).any()):
         return False
     counts = (ends - starts).to(m.device)
-    lo = torch.repeat_interleave(b[:, 2].to(m.device), counts, output_size=rows)
-    hi = torch.repeat_interleave(b[:, 3].to(m.device), counts, output_size=rows)
+    lo, hi, d0, d1 = (torch.repeat_interleave(b[:, k].to(m.device), counts, output_size=rows) for k in (2, 3, 4, 5))
     j = torch.arange(cols, device=m.device)
     outside = (j < lo[:, None]) | (j >= hi[:, None])
-    return not bool((m & outside).any())
+    ones = (j >= d0[:, None]) & (j < d1[:, None])
+    return not bool((m & outside).any()) and not bool((~m & ones).any())
+
+
+def _ones_range(block):
+    """The longest run of columns on which the bool block (rows, span) is all ones: (d0, d1)
+    relative to the block, (0, 0) when it is shorter than MIN_ONES."""
+    full = block.all(0).tolist() if block.shape[0] else []
+    best, start = (0, 0), None
+    for c, v in enumerate(full + [False]):
+        if v and start is None:
+            start = c
+        elif not v and start is not None:
+            if c - start > best[1] - best[0]:
+                best = (start, c)
+            start = None
+    return best if best[1] - best[0] >= MIN_ONES else (0, 0)
 
 
 def _groups(mask, tile, overhead):
@@ -109,7 +132,7 @@ def _groups(mask, tile, overhead):
     neighbours merged while the merged GEMM wastes less than `overhead` entries."""
     rows, cols = mask.shape
     if rows == 0:
-        return torch.zeros(0, 4, dtype=torch.int64)
+        return torch.zeros(0, 6, dtype=torch.int64)
     n_tiles = -(-rows // tile)
     padded = torch.zeros(n_tiles * tile, cols, dtype=torch.bool)
     padded[:rows] = mask.cpu()
@@ -137,7 +160,11 @@ def _groups(mask, tile, overhead):
                     g[1], g[2], g[3] = r1, m0, m1
                     continue
         groups.append([r0, r1, a, b])
-    return torch.tensor(groups, dtype=torch.int64)
+    m = mask.cpu()
+    for g in groups:
+        d0, d1 = _ones_range(m[g[0]:g[1], g[2]:g[3]])
+        g += [g[2] + d0, g[2] + d1] if d1 > d0 else [g[2], g[2]]
+    return torch.tensor(groups, dtype=torch.int64).view(-1, 6)
 
 
 def mask_layout(mask, tile=TILE, overhead=GEMM_OVERHEAD):
@@ -152,11 +179,11 @@ def mask_layout(mask, tile=TILE, overhead=GEMM_OVERHEAD):
 
 def dense_layout(out_features, in_features):
     """One block covering everything: correct for any mask, skips nothing."""
-    row = torch.tensor([[0, out_features, 0, in_features]], dtype=torch.int64)
-    col = torch.tensor([[0, in_features, 0, out_features]], dtype=torch.int64)
+    row = torch.tensor([[0, out_features, 0, in_features, 0, 0]], dtype=torch.int64)
+    col = torch.tensor([[0, in_features, 0, out_features, 0, 0]], dtype=torch.int64)
     if out_features == 0 or in_features == 0:
-        row = torch.tensor([[0, out_features, 0, 0]], dtype=torch.int64)[: int(out_features > 0)]
-        col = torch.tensor([[0, in_features, 0, 0]], dtype=torch.int64)[: int(in_features > 0)]
+        row = torch.tensor([[0, out_features, 0, 0, 0, 0]], dtype=torch.int64)[: int(out_features > 0)]
+        col = torch.tensor([[0, in_features, 0, 0, 0, 0]], dtype=torch.int64)[: int(in_features > 0)]
     return MaskLayout(row, col)
 
 
@@ -268,5 +295,6 @@ def masked_linear(x, weight, mask, bias=None, layout=None):
         # (under torch.compile the layout is trusted: the check reads the mask on the host)
         if not compiling and not layout.covers(given_mask):
             raise ValueError(f"fastgen.{OP}: layout does not belong to this mask (the mask has "
-                             "non-zeros outside the layout's blocks); build it with mask_layout(mask)")
+                             "non-zeros outside the layout's blocks, or zeros inside its all-ones "
+                             "ranges); build it with mask_layout(mask)")
     return SPEC.dispatch(x.device, x, weight, mask, bias, layout)

@@ -135,7 +135,7 @@ def test_num_parameters():
 def test_made_masks_are_staircases_and_masked_weights_get_zero_grad():
     model = MADE((1, 16, 16), hidden_sizes=(512, 512))
     for layer in list(model.hidden) + [model.output]:
-        work = sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in layer.layout.row_blocks.tolist())
+        work = sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1, _, _ in layer.layout.row_blocks.tolist())
         assert work < 0.8 * layer.mask.numel()        # zero blocks are skipped
     x = torch.randint(0, 2, (5, 1, 16, 16)).float()
     model.loss(x).backward()

@@ -166,14 +166,46 @@ def test_layout_covers_mask_and_skips_zero_blocks():
     m = staircase_mask(300, 200, seed=1)
     lay = mask_layout(m, tile=16, overhead=0)
     covered = torch.zeros_like(m)
-    for r0, r1, c0, c1 in lay.row_blocks.tolist():
+    for r0, r1, c0, c1, d0, d1 in lay.row_blocks.tolist():
         covered[r0:r1, c0:c1] = True
     assert not (m & ~covered).any()                       # no non-zero left out
     assert covered.sum() < 0.6 * m.numel()                  # about the density (1/2), not 1
     covered_t = torch.zeros_like(m.t())
-    for c0, c1, r0, r1 in lay.col_blocks.tolist():
+    for c0, c1, r0, r1, d0, d1 in lay.col_blocks.tolist():
         covered_t[c0:c1, r0:r1] = True
     assert not (m.t() & ~covered_t).any()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("kind", ["triangle", "staircase"])
+def test_all_ones_ranges_are_exact(impl, device, kind, dtype):
+    """FVSBN's triangle and a MADE staircase: their layouts have all-ones ranges (read in place
+    by the CPU kernel, the ragged rest packed), and the results equal the reference."""
+    m = torch.ones(70, 70, dtype=torch.bool).tril(-1) if kind == "triangle" else staircase_mask(90, 70)
+    lay = mask_layout(m, tile=16, overhead=0)
+    for blocks, mm in ((lay.row_blocks, m), (lay.col_blocks, m.t())):
+        ranges = [(a0, a1, d0, d1) for a0, a1, _, _, d0, d1 in blocks.tolist() if d1 > d0]
+        assert ranges and all(mm[a0:a1, d0:d1].all() for a0, a1, d0, d1 in ranges)
+        assert any(d0 > b0 or d1 < b1 for _, _, b0, b1, d0, d1 in blocks.tolist() if d1 > d0)  # ragged parts too
+    x, w, _, b = _inputs((5, 70), m.shape[0], dtype, device, requires_grad=True, mask=m)
+    m = m.to(device)
+    gy = torch.randn(5, m.shape[0], dtype=dtype, device=device)
+    y = masked_linear(x, w, m, b, layout=lay)
+    g = torch.autograd.grad((y * gy).sum(), (x, w, b))
+    y_ref = reference(x, w, m, b)
+    g_ref = torch.autograd.grad((y_ref * gy).sum(), (x, w, b))
+    if dtype == torch.bfloat16:
+        xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+        y_true = reference(xd, wd, m, bd)
+        g_true = torch.autograd.grad((y_true * gy.double()).sum(), (xd, wd, bd))
+        for ours, ref, true in zip((y,) + g, (y_ref,) + g_ref, (y_true,) + g_true):
+            assert_close_bf16(ours, ref, true)
+    else:
+        tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(y, y_ref, **tol)
+        for a, r in zip(g, g_ref):
+            torch.testing.assert_close(a, r, **tol)
+    assert torch.all(g[1][~m] == 0)
 
 
 def test_layout_of_another_mask_is_refused_a_covering_one_accepted(impl, device):
@@ -185,11 +217,21 @@ def test_layout_of_another_mask_is_refused_a_covering_one_accepted(impl, device)
     with pytest.raises(TypeError, match="layout must be a MaskLayout"):
         masked_linear(x, w, m, b, layout=tuple(mask_layout(m)))
     ref = reference(x, w, m, b)
-    # a layout covering the mask is correct, whichever mask it came from: the dense one, or
-    # another mask's that holds this one (a copy of m, a superset)
-    from fastgen.ops.masked_linear import dense_layout
-    for lay in (dense_layout(30, 40), mask_layout(m.clone(), tile=4, overhead=0),
-                mask_layout(m | other, tile=4, overhead=0)):
+    # a superset's layout covers m's non-zeros, but its all-ones ranges hold zeros of m (where
+    # the CPU kernel would read the unmasked weight): refused
+    from fastgen.ops.masked_linear import MaskLayout, dense_layout
+    sup = mask_layout(m | other, tile=4, overhead=0)
+    mc = m.cpu()
+    assert any(d1 > d0 and not mm[a0:a1, d0:d1].all() for blocks, mm in ((sup.row_blocks, mc), (sup.col_blocks, mc.t()))
+               for a0, a1, _, _, d0, d1 in blocks.tolist())
+    with pytest.raises(ValueError, match="zeros inside its all-ones ranges"):
+        masked_linear(x, w, m, b, layout=sup)
+    # a layout covering the mask is correct, whichever mask it came from: the dense one, a copy
+    # of m's, a superset's without its all-ones ranges
+    no_ones = [t.clone() for t in sup]
+    for t in no_ones:
+        t[:, 5] = t[:, 4]
+    for lay in (dense_layout(30, 40), mask_layout(m.clone(), tile=4, overhead=0), MaskLayout(*no_ones)):
         torch.testing.assert_close(masked_linear(x, w, m, b, layout=lay), ref, **TOL[torch.float32])
     # the layout follows in-place edits of its own mask: checked again when the version changes
     lay = mask_layout(m, tile=4, overhead=0)
@@ -213,7 +255,7 @@ def test_module_layout_follows_the_mask(impl, device):
     with torch.no_grad():
         ml.mask.copy_(a.to(device))
     torch.testing.assert_close(ml(x), reference(x, ml.weight, ml.mask, ml.bias), **TOL[torch.float32])
-    work = sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in ml.layout.row_blocks.tolist())
+    work = sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1, _, _ in ml.layout.row_blocks.tolist())
     assert work < ml.mask.numel()  # the rebuilt layout skips blocks again (not just dense)
     with pytest.raises(ValueError, match="layout does not belong"):
         ml.set_mask(b_mask, layout=mask_layout(a))
