@@ -1,6 +1,6 @@
 // Schemas of the masked_linear op (kernels: masked_linear_cpu.cpp, masked_linear_cuda.cu).
 // x is 2-D (the Python layer flattens leading dims); mask is bool; row_blocks / col_blocks are
-// the mask's layout: int64 (G, 4) tensors on the CPU (host metadata read when launching).
+// the mask's layout: int64 (G, 6) tensors on the CPU (host metadata read when launching).
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(fastgen, m) {

@@ -128,8 +128,9 @@ def _ones_range(block):
 
 
 def _groups(mask, tile, overhead):
-    """Row groups [r0, r1, c0, c1] of a bool mask (O, I): spans of rows in tiles of `tile`,
-    neighbours merged while the merged GEMM wastes less than `overhead` entries."""
+    """Row groups [r0, r1, c0, c1, d0, d1] of a bool mask (O, I): spans of rows in tiles of
+    `tile`, neighbours merged while the merged GEMM wastes less than `overhead` entries; then
+    each group's longest all-ones range."""
     rows, cols = mask.shape
     if rows == 0:
         return torch.zeros(0, 6, dtype=torch.int64)
