@@ -237,17 +237,21 @@ def _bench_model(name, quick, repeats, compile=True):
     return rows
 
 
+def _model_of(row):
+    return row["case"].split(" ", 1)[0]
+
+
 def merge(model_rows, name):
     """Put one model's rows into bench/results/models.json, replacing that model's earlier rows
     and keeping the others' (each row names its CPU, threads, load and date): how a table is
     filled one quiet window at a time on a shared machine."""
     path = os.path.join(RESULTS, "models.json")
     res = json.load(open(path)) if os.path.exists(path) else {"name": "models", "rows": []}
-    rows = [r for r in res["rows"] if r["case"].split(" ", 1)[0] != name] + model_rows
+    rows = [r for r in res["rows"] if _model_of(r) != name] + model_rows
     order = {m: i for i, m in enumerate(MODELS)}
-    rows.sort(key=lambda r: order.get(r["case"].split(" ", 1)[0], len(order)))
-    have = {r["case"].split(" ", 1)[0] for r in rows}
-    dates = sorted({f"{r['case'].split(' ', 1)[0]} {r.get('date', '?')[:16]}" for r in rows})
+    rows.sort(key=lambda r: order.get(_model_of(r), len(order)))
+    have = {_model_of(r) for r in rows}
+    dates = sorted({f"{_model_of(r)} {r.get('date', '?')[:16]}" for r in rows})
     res.update(environment=environment(), rows=rows, partial=not have >= set(MODELS),
                missing_models=[m for m in MODELS if m not in have],
                how="each model timed in its own quiet window, background training paused, by "
