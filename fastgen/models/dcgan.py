@@ -109,8 +109,8 @@ class DCGAN(nn.Module):
 
         g_net / d_net: the modules to call (e.g. DistributedDataParallel wrappers of
         self.generator / self.discriminator); default the plain ones. Returns python floats."""
-        g_net = g_net or self.generator
-        d_net = d_net or self.discriminator
+        g_net = self.generator if g_net is None else g_net   # (not `or`: a module may define len)
+        d_net = self.discriminator if d_net is None else d_net
         real = self.check_input(real, "real")
         n = real.shape[0]
         # D step: real and fake in one forward (one DDP forward per backward).

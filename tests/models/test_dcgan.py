@@ -122,3 +122,26 @@ def test_gan_toy_reaches_theory():
     assert shifted["value"] > -math.log(4) + 0.2  # far from -log 4 when p_g != p_data
     with pytest.raises(ValueError, match="discriminator"):
         run_toy(discriminator="svm")
+
+
+class _NoLen(torch.nn.Module):
+    """A wrapper like torch.compile's OptimizedModule, whose len() raises; counts its calls."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def __len__(self):
+        raise TypeError("no len()")
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_train_step_calls_the_given_nets():
+    m = DCGAN((1, 8, 8), width=4)
+    g_net, d_net = _NoLen(m.generator), _NoLen(m.discriminator)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    m.train_step(torch.rand(4, 1, 8, 8), opt, opt, g_net=g_net, d_net=d_net)
+    assert g_net.calls == 2 and d_net.calls == 2
