@@ -63,7 +63,8 @@ def reproduce():
                    "hours", "CPU", "test NLL"], rows)
 
 
-def ops(names=("reparameterize", "gan_loss", "masked_linear", "masked_conv2d", "row_lstm_scan", "nade")):
+def ops(names=("reparameterize", "gan_loss", "bernoulli_log_prob", "masked_linear", "masked_conv2d", "row_lstm_scan",
+              "nade")):
     blocks = []
     for name in names:
         res = _load(name)

@@ -8,15 +8,14 @@ Stage 1: each program reduces BLOCK elements to one partial sum (fp32 accumulati
 fp64) and writes dl/dx / n. Stage 2: one program adds the partials of each tensor in order, in
 fp64, and divides by n (NaN for an empty tensor, as torch.mean). No atomics: the result is
 deterministic. exp, log and fp32 division are the precise ones on the GPU (kernels/_common.py).
-The interpreter has no libdevice log1p, so log1p(e) for e in (0, 1] is
-log(u) - ((u - 1) - e) / u with u = 1 + e (exact to rounding: the correction restores the part
-of e lost when forming u).
+log1p(e) for e in (0, 1] is log1p_unit (kernels/_common.py: the interpreter has no libdevice
+log1p).
 """
 import torch
 import triton
 import triton.language as tl
 
-from fastgen.kernels._common import div, exp, log, on_device, round_to
+from fastgen.kernels._common import div, exp, log1p_unit, on_device, round_to
 from fastgen.reference.gan_loss import DISCRIMINATOR_KINDS, GENERATOR_KINDS
 
 SOFTPLUS, HINGE, LINEAR = 0, 1, 2
@@ -35,13 +34,6 @@ FINAL_BLOCK = 1024
 
 
 @triton.jit
-def _log1p_unit(e):
-    """log1p(e) for e in (0, 1], without libdevice."""
-    u = 1.0 + e
-    return log(u) - div((u - 1.0) - e, u)
-
-
-@triton.jit
 def _term_kernel(x_ptr, grad_ptr, partial_ptr, N, S: tl.constexpr, C: tl.constexpr,
                  FAMILY: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr,
                  ACC: tl.constexpr):
@@ -55,7 +47,7 @@ def _term_kernel(x_ptr, grad_ptr, partial_ptr, N, S: tl.constexpr, C: tl.constex
     if FAMILY == 0:
         e = exp(-tl.abs(y))
         r = div(tl.full([BLOCK], 1.0, ACC), 1.0 + e)
-        loss = C * (tl.maximum(y, 0.0) + _log1p_unit(e))
+        loss = C * (tl.maximum(y, 0.0) + log1p_unit(e))
         grad = cs_inv_n * tl.where(y >= 0, r, e * r)
     elif FAMILY == 1:
         h = 1.0 + y

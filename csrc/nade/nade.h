@@ -18,16 +18,6 @@
 
 namespace fastgen {
 
-// sigmoid without overflow (e = e^-|x|; x >= 0: 1/(1+e), else e/(1+e)). Defined per op rather
-// than using fg_sigmoid: that template precedes the Vectorized overloads in fastgen_math.h, so
-// its calls do not resolve for at::vec types.
-template <typename T>
-FASTGEN_HOST_DEVICE inline T nade_sigmoid(T x) {
-  T e = fg_exp(T(0) - fg_abs(x));
-  T r = T(1) / (T(1) + e);
-  return fg_where_nonneg(x, r, e * r);
-}
-
 // da = dh * sigmoid'(a) written with h = sigmoid(a)
 template <typename T>
 FASTGEN_HOST_DEVICE inline T nade_preact_grad(T dh, T h) {

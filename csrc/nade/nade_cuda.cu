@@ -70,7 +70,7 @@ __global__ void nade_forward_kernel(const C* __restrict__ v, const C* __restrict
   for (int64_t t = 0; t < D; ++t) {
     C h[kRows], p[kRows];
 #pragma unroll
-    for (int i = 0; i < kRows; ++i) h[i] = nade_sigmoid(C(a[i]));
+    for (int i = 0; i < kRows; ++i) h[i] = fg_sigmoid(C(a[i]));
     for (int64_t l = 0; l < L; ++l) {
       const C vl = unit ? V[(t * L + l) * H + j] : C(0);
 #pragma unroll
@@ -113,7 +113,7 @@ __global__ void nade_backward_kernel(const C* __restrict__ g, const C* __restric
     C h[kRows], dh[kRows], r[kRows], p[kRows];
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
-      h[i] = nade_sigmoid(C(a[i]));
+      h[i] = fg_sigmoid(C(a[i]));
       dh[i] = C(0);
       r[i] = C(R[i]);
     }

@@ -165,7 +165,7 @@ struct Acc<float> {
 // NaN (the clamp passes it through). About 20 vector
 // instructions where the generic form takes 35: the sigmoid is most of each pass.
 template <typename V>
-inline V sigmoid_cpu(const V& x) { return nade_sigmoid(x); }
+inline V sigmoid_cpu(const V& x) { return fg_sigmoid(x); }
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 inline at::vec::Vectorized<float> sigmoid_cpu(const at::vec::Vectorized<float>& x) {
   using Vf = at::vec::Vectorized<float>;

@@ -15,16 +15,6 @@
 
 namespace fastgen {
 
-// sigmoid without overflow (e = e^-|x|; x >= 0: 1/(1+e), else e/(1+e)). Defined here rather than
-// using fg_sigmoid: that template precedes the Vectorized overloads in fastgen_math.h, so its
-// calls to fg_abs/fg_where_nonneg do not resolve for at::vec types (no ADL into fastgen).
-template <typename T>
-FASTGEN_HOST_DEVICE inline T lstm_sigmoid(T x) {
-  T e = fg_exp(T(0) - fg_abs(x));
-  T r = T(1) / (T(1) + e);
-  return fg_where_nonneg(x, r, e * r);
-}
-
 // tanh(x) = sign(x) (1 - e) / (1 + e), e = e^-2|x|: one exp, finite for any x (absolute error
 // a few ulp of 1; Sleef's vector tanh costs as much as the whole row GEMM here).
 template <typename T>
@@ -38,7 +28,7 @@ FASTGEN_HOST_DEVICE inline T lstm_tanh(T x) {
 // (row_lstm_scan_vec.h) to the same cell formulas.
 struct LstmActivations {
   template <typename T>
-  FASTGEN_HOST_DEVICE static T sigmoid(T x) { return lstm_sigmoid(x); }
+  FASTGEN_HOST_DEVICE static T sigmoid(T x) { return fg_sigmoid(x); }
   template <typename T>
   FASTGEN_HOST_DEVICE static T tanh(T x) { return lstm_tanh(x); }
 };

@@ -29,11 +29,11 @@ inline void lstm_exp_parts(const at::vec::Vectorized<float>& z, at::vec::Vectori
 // The activations the vector cell math uses: these for float vectors, the generic ones of
 // row_lstm_scan.h otherwise (double).
 template <typename V>
-inline V lstm_sigmoid_fast(const V& z) { return lstm_sigmoid(z); }
+inline V fg_sigmoid_fast(const V& z) { return fg_sigmoid(z); }
 template <typename V>
 inline V lstm_tanh_fast(const V& z) { return lstm_tanh(z); }
 
-inline at::vec::Vectorized<float> lstm_sigmoid_fast(const at::vec::Vectorized<float>& z) {
+inline at::vec::Vectorized<float> fg_sigmoid_fast(const at::vec::Vectorized<float>& z) {
   using Vf = at::vec::Vectorized<float>;
   Vf s, q;
   lstm_exp_parts<-1>(z, s, q);
@@ -53,7 +53,7 @@ inline at::vec::Vectorized<float> lstm_tanh_fast(const at::vec::Vectorized<float
 // row_lstm_scan.h (the CUDA kernel's cell formulas, so the CPU tests exercise them).
 struct LstmFastActivations {
   template <typename V>
-  static V sigmoid(const V& z) { return lstm_sigmoid_fast(z); }
+  static V sigmoid(const V& z) { return fg_sigmoid_fast(z); }
   template <typename V>
   static V tanh(const V& z) { return lstm_tanh_fast(z); }
 };

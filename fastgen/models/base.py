@@ -23,10 +23,10 @@ import contextlib
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastgen.nn.masked_conv2d import MaskedConv2d
+from fastgen.ops.bernoulli_log_prob import bernoulli_log_prob
 
 
 def num_logits(num_levels):
@@ -197,8 +197,8 @@ class AutoregressiveModel(nn.Module, abc.ABC):
         """Sum over dimensions of log p(x_d | x_<d) from logits (N, L, C, H, W): (N,)."""
         n = x.shape[0]
         if logits.shape[1] == 1:
-            nll = F.binary_cross_entropy_with_logits(logits[:, 0], x.to(logits.dtype), reduction="none")
-            return -nll.reshape(n, self.num_dims).sum(1)
+            d = self.num_dims
+            return bernoulli_log_prob(logits[:, 0].reshape(n, d), x.to(logits.dtype).reshape(n, d))
         logp = torch.log_softmax(logits, dim=1)
         return logp.gather(1, x.long().unsqueeze(1)).squeeze(1).reshape(n, self.num_dims).sum(1)
 

@@ -12,10 +12,10 @@ import math
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from fastgen.models.base import ceil_div
 from fastgen.nn.reparameterize import GaussianHead
+from fastgen.ops.bernoulli_log_prob import bernoulli_log_prob
 from fastgen.ops.reparameterize import reparameterize
 
 DECODERS = ("bernoulli", "gaussian", "categorical")
@@ -131,7 +131,10 @@ class VAE(nn.Module):
     def _log_px_given_z(self, x_flat, out):
         """log p(x | z) summed over pixels: x_flat (..., D) broadcast against decoder output."""
         if self.decoder == "bernoulli":
-            return -F.binary_cross_entropy_with_logits(out, x_flat.expand_as(out), reduction="none").sum(-1)
+            x = x_flat.to(out.dtype)
+            if x.dim() > out.dim() or x.shape != out.shape[out.dim() - x.dim():]:
+                x = x.expand_as(out)
+            return bernoulli_log_prob(out, x)
         if self.decoder == "categorical":
             logp = torch.log_softmax(out, dim=-1)
             index = x_flat.long().expand(out.shape[:-1]).unsqueeze(-1)

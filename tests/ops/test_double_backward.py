@@ -1,15 +1,15 @@
 """Double backward through the fastgen ops: the compiled and Triton implementations have no
 derivative of their backward ops, so differentiating a gradient taken with create_graph=True must
 raise a clear error naming the op (never silent zeros); the gradient itself, with
-create_graph=True, still works and equals the plain one. The GAN losses (no backward op: their
-backward scales a gradient saved as a constant) refuse create_graph=True itself, with the same
-error. The reference supports double backward, which is what the error message points to."""
+create_graph=True, still works and equals the plain one. The GAN losses and bernoulli_log_prob
+(no backward op: their backward scales a gradient saved as a constant) refuse create_graph=True
+itself, with the same error. The reference supports double backward, which is what the error message points to."""
 import pytest
 import torch
 
 import fastgen
-from fastgen.ops import (discriminator_loss, generator_loss, masked_conv2d, masked_linear, nade,
-                         reparameterize, row_lstm_scan)
+from fastgen.ops import (bernoulli_log_prob, discriminator_loss, generator_loss, masked_conv2d,
+                         masked_linear, nade, reparameterize, row_lstm_scan)
 from tests.conftest import KERNEL_IMPLS
 
 
@@ -41,14 +41,16 @@ def _cases(device):
         "discriminator_loss": (lambda r, f: discriminator_loss(r, f, "bce"),
                                (_rand(5, device=device, seed=16), _rand(3, 2, device=device, seed=17))),
         "generator_loss": (lambda f: generator_loss(f, "minimax"), (_rand(3, 2, device=device, seed=18),)),
+        "bernoulli_log_prob": (lambda l: bernoulli_log_prob(l, v).square().sum(), (_rand(2, 3, device=device, seed=19),)),
     }
 
 
 WITH_BACKWARD_OP = ["reparameterize", "masked_linear", "masked_conv2d", "row_lstm_scan", "nade"]
-GAN_LOSSES = ["discriminator_loss", "generator_loss"]
+# no backward op: their backward scales a gradient the forward saved
+SAVED_GRADIENT = ["discriminator_loss", "generator_loss", "bernoulli_log_prob"]
 
 
-@pytest.mark.parametrize("op", WITH_BACKWARD_OP + GAN_LOSSES)
+@pytest.mark.parametrize("op", WITH_BACKWARD_OP + SAVED_GRADIENT)
 def test_reference_supports_double_backward(op):
     fn, inputs = _cases("cpu")[op]
     with fastgen.use_impl("reference"):
@@ -69,8 +71,8 @@ def test_double_backward_raises_clearly(impl, device, op):
 
 
 @pytest.mark.parametrize("impl", KERNEL_IMPLS, indirect=True)
-@pytest.mark.parametrize("op", GAN_LOSSES)
-def test_gan_losses_refuse_create_graph(impl, device, op):
+@pytest.mark.parametrize("op", SAVED_GRADIENT)
+def test_saved_gradient_ops_refuse_create_graph(impl, device, op):
     fn, inputs = _cases(device)[op]
     with pytest.raises(RuntimeError, match=f"double backward is not supported by fastgen.{op} "):
         torch.autograd.grad(fn(*inputs), inputs, create_graph=True)

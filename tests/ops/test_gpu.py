@@ -10,10 +10,11 @@ import torch
 import fastgen
 import fastgen.reference.masked_conv2d
 from fastgen import _ext, _impl
-from fastgen.ops import (discriminator_loss, generator_loss, masked_conv2d, masked_linear,
-                         reparameterize, row_lstm_scan)
+from fastgen.ops import (bernoulli_log_prob, discriminator_loss, generator_loss, masked_conv2d,
+                         masked_linear, reparameterize, row_lstm_scan)
 from fastgen.ops._common import SPECS
 from fastgen.reference import gan_loss as ref_gan
+from fastgen.reference.bernoulli_log_prob import bernoulli_log_prob as ref_bernoulli
 from fastgen.reference.masked_conv2d import masked_conv2d as ref_conv
 from fastgen.reference.masked_linear import masked_linear as ref_linear
 from fastgen.reference.reparameterize import reparameterize as ref_rep
@@ -30,6 +31,12 @@ def _staircase(o, i):
     return deg[:, None] > torch.arange(i)[None, :]
 
 
+def _targets(logits):
+    """Fixed soft targets in [0, 1] for bernoulli_log_prob's logits (3, 41, 785): (41, 785),
+    broadcast over the leading dimension."""
+    return torch.rand(41, 785, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(logits)
+
+
 # op name -> (ours(*inputs), reference(*inputs), input shapes, scale of each input)
 OPS = {
     "reparameterize": (lambda m, l, e: reparameterize(m, l, e), lambda m, l, e: ref_rep(m, l, e),
@@ -38,6 +45,8 @@ OPS = {
                            lambda r, f: ref_gan.discriminator_loss(r, f, "bce"), [(301, 7), (4099,)]),
     "generator_loss": (lambda f: generator_loss(f, "hinge"), lambda f: ref_gan.generator_loss(f, "hinge"),
                        [(5, 1001)]),
+    "bernoulli_log_prob": (lambda l: bernoulli_log_prob(l, _targets(l)),
+                           lambda l: ref_bernoulli(l, _targets(l).expand(l.shape)), [(3, 41, 785)]),
     "masked_linear": (lambda x, w, b: masked_linear(x, w, _staircase(97, 130).to(x.device), b),
                       lambda x, w, b: ref_linear(x, w, _staircase(97, 130).to(x.device), b),
                       [(33, 130), (97, 130), (97,)]),
@@ -122,6 +131,16 @@ def test_opcheck_on_cuda():
         args = tuple(a.requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point()
                      and a.is_leaf else a for a in args)
         torch.library.opcheck(op, args)
+
+
+def test_opcheck_bernoulli_log_prob_on_cuda():
+    """(apart: its x is data, never requiring grad; the loop above makes every leaf require it)"""
+    if not (_ext.CUDA_BUILT and _impl.triton_available("cuda")):
+        pytest.skip("needs the CUDA kernels and triton")
+    logits = torch.randn(3, 5, 7, device="cuda", dtype=torch.float64, requires_grad=True)
+    x = torch.rand(5, 7, device="cuda", dtype=torch.float64)
+    for op in (torch.ops.fastgen.bernoulli_log_prob.default, torch.ops.fastgen.bernoulli_log_prob_triton.default):
+        torch.library.opcheck(op, (logits, x, True))
 
 
 @pytest.mark.parametrize("dtype,h", [(torch.float32, 128), (torch.float64, 64)], ids=str)
