@@ -2,6 +2,7 @@
 
 Implicit GEMM over the mask's non-zero taps only, activations in NHWC (M = N*H*W rows):
   forward      y[m, o]   = b[o] + sum_{taps (i, j), ci} x[m shifted by (i - ch, j - cw), ci] * W[o, ci, i, j]
+                         (+ r[m, o], a residual added to the tile before the store)
   grad input   dx[m, ci] = sum_{taps (i, j), o}  dy[m shifted by (ch - i, cw - j), o] * W[o, ci, i, j]
   grad weight  dW[o, ci, i, j] = sum_m x[m shifted by (i - ch, j - cw), ci] * dy[m, o]   (used taps only)
 Taps: rows i < ch fully, row ch for j < cw, and the centre where group(ci) < group(o) (type A) or
@@ -19,9 +20,9 @@ from fastgen.kernels._common import INTERPRET, on_device
 
 
 @triton.jit
-def _conv_kernel(src_ptr, w_ptr, b_ptr, out_ptr, M, H, W, KC, NC, CIN, COUT, G,
+def _conv_kernel(src_ptr, w_ptr, b_ptr, res_ptr, out_ptr, M, H, W, KC, NC, CIN, COUT, G,
                  CH: tl.constexpr, CW: tl.constexpr, KW: tl.constexpr, CENTRE: tl.constexpr,
-                 TYPE_A: tl.constexpr, MIRROR: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 TYPE_A: tl.constexpr, MIRROR: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
                  NATIVE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     # out[m, n] = sum_taps sum_k src[shift(m), k] * w[i, j, k, n]; forward: k = ci, n = o;
@@ -71,6 +72,8 @@ def _conv_kernel(src_ptr, w_ptr, b_ptr, out_ptr, M, H, W, KC, NC, CIN, COUT, G,
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(ACC)[None, :]
     offs = rm[:, None].to(tl.int64) * NC + rn[None, :]
+    if HAS_RES:  # the residual (M, NC), same layout as the output
+        acc += tl.load(res_ptr + offs, mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(ACC)
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -137,32 +140,39 @@ def _centre_used(mask_type, data_channels):
     return mask_type == "B" or data_channels > 1
 
 
-def _run_conv(src, w_arranged, bias, out, n, h, w, kc, nc, cin, cout, groups, kh, kw, mask_type, mirror):
+def _run_conv(src, w_arranged, bias, out, n, h, w, kc, nc, cin, cout, groups, kh, kw, mask_type, mirror,
+              residual=None):
     m = n * h * w
     if m == 0 or nc == 0:
         return
     bm, bn, bk = _blocks(kc, nc)
     grid = (triton.cdiv(m, bm), triton.cdiv(nc, bn))
-    _conv_kernel[grid](src, w_arranged, bias if bias is not None else w_arranged, out, m, h, w, kc, nc, cin, cout,
+    _conv_kernel[grid](src, w_arranged, bias if bias is not None else w_arranged,
+                       residual if residual is not None else w_arranged, out, m, h, w, kc, nc, cin, cout,
                        groups, CH=kh // 2, CW=kw // 2, KW=kw, CENTRE=_centre_used(mask_type, groups),
                        TYPE_A=(mask_type == "A"), MIRROR=mirror, HAS_BIAS=bias is not None,
+                       HAS_RES=residual is not None,
                        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ACC=_acc(src.dtype), **_dot_args(src.dtype))
 
 
 @on_device
-def masked_conv2d_forward(x, weight, bias, mask_type, data_channels, relu_input):
-    """x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw), bias: (Cout,) or None -> y (N, Cout, H, W)
-    channels-last; relu_input: the convolution of relu(x) (taken once before the kernel)."""
+def masked_conv2d_forward(x, weight, bias, mask_type, data_channels, relu_input, residual=None):
+    """x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw), bias: (Cout,) or None, residual: (N, Cout, H, W)
+    or None -> y (N, Cout, H, W) channels-last (+ residual); relu_input: the convolution of relu(x)
+    (taken once before the kernel)."""
     if relu_input:
         x = torch.relu(x)
     n, cin, h, w = x.shape
     cout, _, kh, kw = weight.shape
     out = x.new_empty(n, h, w, cout)
+    res = _nhwc(residual) if residual is not None else None
     if cin == 0:
         out.copy_((bias if bias is not None else x.new_zeros(cout)).expand_as(out))
+        if res is not None:
+            out += res
     else:
         _run_conv(_nhwc(x), weight.permute(2, 3, 1, 0).contiguous(), bias, out, n, h, w, cin, cout, cin, cout,
-                  data_channels, kh, kw, mask_type, False)
+                  data_channels, kh, kw, mask_type, False, res)
     return out.permute(0, 3, 1, 2)
 
 

@@ -27,6 +27,8 @@
 // A chunk's copies stay in cache for its convolutions. The weight gradient alone runs after the
 // chunks, whole-batch on all threads (oneDNN's kernel for it hangs inside a parallel region).
 // Weight-sized work (kernel rearrangement, gradient scatter, bias sums) runs in serial loops.
+// A residual (the op's optional addend of y's shape) starts each chunk's output together with the
+// bias, so it is added while the chunk is in cache rather than in a pass over y of its own.
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
@@ -148,17 +150,24 @@ at::Tensor chunk_view(const at::Tensor& t, const Chunk& ch) {
                       t.storage_offset() + (ch.n0 * t.size(2) + ch.r0) * w * c);
 }
 
-// t (channels-last, contiguous) = value[channel] everywhere, or zero without value.
-void fill_channels(at::Tensor& t, const std::optional<at::Tensor>& value) {
+// t (channels-last, contiguous) = value[channel] everywhere, or zero without value; plus `add`
+// (a tensor of t's shape, channels-last dense) when given: a chunk's output started as b + R.
+void fill_channels(at::Tensor& t, const std::optional<at::Tensor>& value, const at::Tensor* add = nullptr) {
   AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "masked_conv2d_fill", [&] {
     scalar_t* p = t.mutable_data_ptr<scalar_t>();
     const int64_t c = t.size(1), pixels = t.numel() / std::max<int64_t>(c, 1);
+    const scalar_t* r = add != nullptr ? add->const_data_ptr<scalar_t>() : nullptr;
     if (!value.has_value()) {
-      std::fill(p, p + t.numel(), scalar_t(0));
+      if (r) std::copy(r, r + t.numel(), p);
+      else std::fill(p, p + t.numel(), scalar_t(0));
       return;
     }
     const scalar_t* v = value->const_data_ptr<scalar_t>();
-    for (int64_t i = 0; i < pixels; ++i) std::copy(v, v + c, p + i * c);
+    for (int64_t i = 0; i < pixels; ++i)
+      if (r)
+        for (int64_t k = 0; k < c; ++k) p[i * c + k] = r[i * c + k] + v[k];
+      else
+        std::copy(v, v + c, p + i * c);
   });
 }
 
@@ -172,6 +181,11 @@ void relu_grad_mask_(at::Tensor& gxs, const at::Tensor& x, const Chunk& ch) {
     using G = scalar_t;
     G* g = gxs.mutable_data_ptr<G>();
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "masked_conv2d_relu_grad_x", [&] {
+      if (x.is_contiguous(kNHWC)) {  // the chunk's x is one dense run like gxs: a vectorised select
+        const scalar_t* xs = x.const_data_ptr<scalar_t>() + (ch.n0 * x.size(2) + ch.r0) * w * c;
+        for (int64_t i = 0; i < ch.nb * ch.nr * w * c; ++i) g[i] = xs[i] <= scalar_t(0) ? G(0) : g[i];
+        return;
+      }
       const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
       for (int64_t n = 0; n < ch.nb; ++n)
         for (int64_t r = 0; r < ch.nr; ++r) {
@@ -193,25 +207,29 @@ std::vector<Shift> forward_shifts(const MaskedConvArgs& a, bool top, bool centre
 }
 
 at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                             c10::string_view mask_type, int64_t data_channels, bool relu_input) {
-  auto a = check_masked_conv("masked_conv2d", x, weight, std::string(mask_type), data_channels);
+                             c10::string_view mask_type, int64_t data_channels, bool relu_input,
+                             const std::optional<at::Tensor>& residual) {
+  auto a = check_masked_conv_forward(x, weight, bias, std::string(mask_type), data_channels, residual);
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // the inner convolutions record no graph
-  if (bias.has_value()) {
-    check_like(x, "x", *bias, "masked_conv2d", "bias", false);
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == a.cout, "fastgen::masked_conv2d: bias must have shape (",
-                a.cout, ",); got ", bias->sizes());
-  }
   const auto dt = acc_type(x);
   std::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->to(dt).contiguous();
+  at::Tensor r;  // the residual channels-last in dt (no copy when it is already)
+  if (residual.has_value()) r = residual->to(dt).contiguous(kNHWC);
   const bool top = a.ch > 0, centre = a.ncols > 0;
-  if (use_1x1_gemm(a, x, dt)) return conv1x1_forward(x, centre_matrix(weight, a, dt), b, a, relu_input);
+  if (use_1x1_gemm(a, x, dt))
+    return conv1x1_forward(x, centre_matrix(weight, a, dt), b, r.defined() ? pixel_matrix(r) : r, a, relu_input);
   auto k = kept_kernels(weight, a, dt, false);
   auto y = at::empty({a.n, a.cout, a.h, a.w}, x.options().dtype(dt).memory_format(kNHWC));
   const auto shifts = forward_shifts(a, top, centre);
   for_each_chunk(make_chunks(a.n, a.h, a.w), [&](const Chunk& ch, int) {
     auto ys = chunk_view(y, ch);
-    fill_channels(ys, b);
+    if (r.defined()) {
+      const auto rs = chunk_view(r, ch);
+      fill_channels(ys, b, &rs);
+    } else {
+      fill_channels(ys, b);
+    }
     auto xs = chunk_copies(x, ch, shifts, dt, nullptr, relu_input);
     if (top) conv_add_(ys, xs[0], k.top);
     if (centre) conv_add_(ys, xs.back(), k.centre);
@@ -235,10 +253,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
   if (x_grad && centre) gx_shifts.push_back({0, a.cw - a.ncols + 1, 1, a.ncols});
   // the weight gradient's inputs, whole-batch: grad_y channels-last and x's copies. Its
   // convolutions run after the chunks, on all threads: oneDNN's weight-gradient kernel cannot run
-  // inside a parallel region (it waits at a barrier for threads that never come).
+  // inside a parallel region (it waits at a barrier for threads that never come). grad_y is
+  // used as it is when channels-last in dt already (a stack of these layers passes it so).
+  const bool gy_direct = grad_y.scalar_type() == dt && grad_y.is_contiguous(kNHWC);
   const int64_t ncopy = (wg ? 1 : 0) + (wg && top ? 1 : 0) + (wg && centre ? 1 : 0);
   std::vector<at::Tensor> whole;  // grad_y, x top copy, x centre copy
-  if (wg) whole.push_back(at::empty({a.n, a.cout, a.h, a.w}, opts.memory_format(kNHWC)));
+  if (wg) whole.push_back(gy_direct ? grad_y : at::empty({a.n, a.cout, a.h, a.w}, opts.memory_format(kNHWC)));
   for (const Shift& s : forward_shifts(a, wg && top, wg && centre))
     whole.push_back(at::empty({a.n, a.cin, a.h + s.kh - 1, a.w + s.kw - 1}, opts.memory_format(kNHWC)));
   Kernels kf;
@@ -260,7 +280,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
     const Chunk images{ch.n0, ch.nb, 0, a.h};
     std::vector<at::Tensor> dst;
     for (int64_t i = 0; i < ncopy; ++i) dst.push_back(whole[i].narrow(0, ch.n0, ch.nb));
-    auto gy = chunk_copies(grad_y, images, {{0, 0, 1, 1}}, dt, wg ? &dst[0] : nullptr)[0];
+    const auto gy = gy_direct ? grad_y.narrow(0, ch.n0, ch.nb)
+                              : chunk_copies(grad_y, images, {{0, 0, 1, 1}}, dt, wg ? &dst[0] : nullptr)[0];
     if (wg) {
       std::vector<at::Tensor> xdst(dst.begin() + 1, dst.end());
       chunk_copies(x, images, forward_shifts(a, top, centre), dt, &xdst[0], relu_input);

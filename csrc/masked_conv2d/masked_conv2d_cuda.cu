@@ -9,6 +9,7 @@
 //                one block per kept (tap, ci, o), a block reduction over m; masked taps stay 0
 // With relu_input, x above is relu(x), taken once before the kernels (forward and grad weight), and
 // dx is zeroed where x <= 0 afterwards: the kernels themselves are unchanged.
+// A residual (y's shape) is added to the accumulator before the store: y = acc + residual.
 // The tap geometry and the centre's channel mask are the functions the CPU kernel uses
 // (masked_conv2d.h), so the CPU tests exercise them. Accumulation in at::opmath_type.
 #include <ATen/OpMathType.h>
@@ -41,9 +42,11 @@ int blocks_for(int64_t total) {
 }
 
 // x (N, H, W, Cin), w (kh, kw, Cin, Cout), y (N, H, W, Cout)
+// residual (N, H, W, Cout) or null
 template <typename scalar_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
-                               const scalar_t* __restrict__ bias, scalar_t* __restrict__ y, Geometry g) {
+                               const scalar_t* __restrict__ bias, const scalar_t* __restrict__ residual,
+                               scalar_t* __restrict__ y, Geometry g) {
   using acc_t = at::opmath_type<scalar_t>;
   TapSegment segs[kMaxSegments];
   const int nseg = forward_segments(g.kh, g.kw, g.centre, segs);
@@ -71,6 +74,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* _
         }
       }
     }
+    if (residual != nullptr) acc += acc_t(residual[idx]);
     y[idx] = scalar_t(acc);
   }
 }
@@ -144,17 +148,14 @@ __global__ void backward_weight_kernel(const scalar_t* __restrict__ x, const sca
 }
 
 at::Tensor masked_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                              c10::string_view mask_type, int64_t data_channels, bool relu_input) {
-  auto a = check_masked_conv("masked_conv2d", x, weight, std::string(mask_type), data_channels);
-  if (bias.has_value()) {
-    check_like(x, "x", *bias, "masked_conv2d", "bias", false);
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == a.cout, "fastgen::masked_conv2d: bias must have shape (",
-                a.cout, ",); got ", bias->sizes());
-  }
+                              c10::string_view mask_type, int64_t data_channels, bool relu_input,
+                              const std::optional<at::Tensor>& residual) {
+  auto a = check_masked_conv_forward(x, weight, bias, std::string(mask_type), data_channels, residual);
   c10::cuda::CUDAGuard guard(x.device());
   auto xs = to_nhwc(relu_input ? at::relu(x) : x, x.scalar_type());  // the layer's input: relu(x) when fused
   auto wa = weight.permute({2, 3, 1, 0}).contiguous();
   auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  auto r = residual.has_value() ? to_nhwc(*residual, x.scalar_type()) : at::Tensor();  // (N, H, W, Cout)
   auto y = at::empty({a.n, a.h, a.w, a.cout}, x.options());
   const int64_t total = y.numel();
   if (total > 0) {
@@ -162,7 +163,8 @@ at::Tensor masked_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight, con
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "masked_conv2d_cuda", [&] {
       forward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
           xs.const_data_ptr<scalar_t>(), wa.const_data_ptr<scalar_t>(),
-          b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), geometry(a));
+          b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, r.defined() ? r.const_data_ptr<scalar_t>() : nullptr,
+          y.mutable_data_ptr<scalar_t>(), geometry(a));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <string>
 
 #include "fastgen_host.h"
@@ -44,6 +45,26 @@ inline MaskedConvArgs check_masked_conv(const char* op, const at::Tensor& x, con
   a.type_a = mask_type == "A";
   a.centre = centre_used(a.groups, a.type_a);
   a.ncols = a.cw + (a.centre ? 1 : 0);
+  return a;
+}
+
+// The forward's checks: the geometry, then bias (Cout,) and residual (y's shape), both like x.
+inline MaskedConvArgs check_masked_conv_forward(const at::Tensor& x, const at::Tensor& weight,
+                                                const std::optional<at::Tensor>& bias, const std::string& mask_type,
+                                                int64_t data_channels, const std::optional<at::Tensor>& residual) {
+  auto a = check_masked_conv("masked_conv2d", x, weight, mask_type, data_channels);
+  if (bias.has_value()) {
+    check_like(x, "x", *bias, "masked_conv2d", "bias", false);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == a.cout, "fastgen::masked_conv2d: bias must have shape (",
+                a.cout, ",); got ", bias->sizes());
+  }
+  if (residual.has_value()) {
+    check_like(x, "x", *residual, "masked_conv2d", "residual", false);
+    TORCH_CHECK(residual->dim() == 4 && residual->size(0) == a.n && residual->size(1) == a.cout &&
+                    residual->size(2) == a.h && residual->size(3) == a.w,
+                "fastgen::masked_conv2d: residual must have y's shape (", a.n, ", ", a.cout, ", ", a.h, ", ", a.w,
+                "); got ", residual->sizes());
+  }
   return a;
 }
 

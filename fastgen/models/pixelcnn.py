@@ -28,7 +28,7 @@ def _check_int(name, v, low):
 
 class _ResidualBlock(nn.Module):
     """s + 1x1(ReLU(kxk_B(ReLU(1x1(ReLU(s)))))) with a channels / 2 bottleneck (all masked; each
-    ReLU fused into the conv after it)."""
+    ReLU fused into the conv after it, the skip connection into the last conv's output)."""
 
     def __init__(self, channels, kernel_size, data_channels):
         super().__init__()
@@ -38,7 +38,7 @@ class _ResidualBlock(nn.Module):
         self.expand = MaskedConv2d(mid, channels, 1, "B", data_channels, relu_input=True)
 
     def forward(self, s):
-        return s + self.expand(self.conv(self.reduce(s)))
+        return self.expand(self.conv(self.reduce(s)), residual=s)
 
 
 class PixelCNN(AutoregressiveModel):

@@ -62,8 +62,11 @@ class MaskedConv2d(nn.Module):
     def masked_weight(self):
         return self.weight * self.mask()
 
-    def forward(self, x):
-        return masked_conv2d(x, self.weight, self.bias, self.mask_type, self.data_channels, self.relu_input)
+    def forward(self, x, residual=None):
+        """x: (N, in_channels, H, W) -> (N, out_channels, H, W); residual: None or a tensor of the
+        output's shape added to it (fused into the kernel's write of the output)."""
+        return masked_conv2d(x, self.weight, self.bias, self.mask_type, self.data_channels, self.relu_input,
+                             residual)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

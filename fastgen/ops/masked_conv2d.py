@@ -1,7 +1,7 @@
 """fastgen.ops.masked_conv2d: the PixelCNN masked convolution, skipping the mask's zero taps.
 
-y = conv2d(relu(x) if relu_input else x, weight * mask, bias, padding=(kh // 2, kw // 2)) with
-the PixelCNN mask of type
+y = conv2d(relu(x) if relu_input else x, weight * mask, bias, padding=(kh // 2, kw // 2)) (+ residual)
+with the PixelCNN mask of type
 "A" or "B" over `data_channels` colour groups (fastgen.reference.masked_conv2d). The mask is
 never materialised on the weight: the kernels only visit the taps above and left of the centre
 (plus the centre's allowed channel pairs), about half of a square kernel, and the gradient of
@@ -26,7 +26,7 @@ def _channels_last(t, shape):
     return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=torch.channels_last)
 
 
-def _fake(x, weight, bias, mask_type, data_channels, relu_input):
+def _fake(x, weight, bias, mask_type, data_channels, relu_input, residual=None):
     return _channels_last(x, (x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
 
 
@@ -39,10 +39,10 @@ def _fake_backward(grad_y, x, weight, mask_type, data_channels, relu_input, x_gr
 
 # --- autograd -----------------------------------------------------------------------------
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, mask_type, data_channels, relu_input = inputs
+    x, weight, bias, mask_type, data_channels, relu_input, residual = inputs
     ctx.save_for_backward(x, weight)
     ctx.mask_type, ctx.data_channels, ctx.has_bias = mask_type, data_channels, bias is not None
-    ctx.relu_input = relu_input
+    ctx.relu_input, ctx.has_residual = relu_input, residual is not None
 
 
 def _make_backward(backward_op):
@@ -51,14 +51,16 @@ def _make_backward(backward_op):
         need = ctx.needs_input_grad
         gx, gw, gb = backward_op(grad_y, x, weight, ctx.mask_type, ctx.data_channels, ctx.relu_input,
                                  need[0], need[1], bool(ctx.has_bias and need[2]))
+        # d(y)/d(residual) is the identity: grad_y itself, no copy
         return (gx if need[0] else None, gw if need[1] else None,
-                gb if (ctx.has_bias and need[2]) else None, None, None, None)
+                gb if (ctx.has_bias and need[2]) else None, None, None, None,
+                grad_y if (ctx.has_residual and need[6]) else None)
 
     return backward
 
 
 # --- the public op --------------------------------------------------------------------------
-def check_args(x, weight, bias, mask_type, data_channels, relu_input=False):
+def check_args(x, weight, bias, mask_type, data_channels, relu_input=False, residual=None):
     check_float(OP, "x", x)
     if x.dim() != 4:
         raise ValueError(f"fastgen.{OP}: x must be (N, C, H, W); got shape {tuple(x.shape)}")
@@ -83,30 +85,38 @@ def check_args(x, weight, bias, mask_type, data_channels, relu_input=False):
                          f"{min(cin, cout)}]; got {data_channels!r}")
     if not isinstance(relu_input, bool):
         raise ValueError(f"fastgen.{OP}: relu_input must be a bool; got {relu_input!r}")
+    if residual is not None:
+        check_like(OP, "x", x, "residual", residual, same_shape=False)
+        y_shape = (x.shape[0], cout, x.shape[2], x.shape[3])
+        if tuple(residual.shape) != y_shape:
+            raise ValueError(f"fastgen.{OP}: residual must have the output's shape {y_shape}; got "
+                             f"{tuple(residual.shape)}")
 
 
-def _vendor(x, weight, bias, mask_type, data_channels, relu_input):
+def _vendor(x, weight, bias, mask_type, data_channels, relu_input, residual=None):
     """F.conv2d on where(mask, W, 0): a select, so masked taps contribute exactly 0 (even inf/NaN
     weights) and get exactly-zero gradients; the output in F.conv2d's memory format."""
     cout, cin, kh, kw = weight.shape
     mask = _reference.build_mask(cout, cin, kh, kw, mask_type, data_channels, torch.bool, weight.device)
     masked = torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
     x = torch.relu(x) if relu_input else x
-    return torch.nn.functional.conv2d(x, masked, bias, padding=(kh // 2, kw // 2))
+    y = torch.nn.functional.conv2d(x, masked, bias, padding=(kh // 2, kw // 2))
+    return y if residual is None else y + residual
 
 
 # On CUDA tensors "auto" runs cuDNN (F.conv2d) on the pre-masked weight (_vendor): tensor cores;
 # our direct convolution is SIMT. "cuda" / "triton" stay selectable by name.
 SPEC = OpSpec(
     OP, reference=_reference.masked_conv2d, gpu_default="vendor", vendor=_vendor, output=None,
-    schema="(Tensor x, Tensor weight, Tensor? bias, str mask_type, int data_channels, bool relu_input) -> Tensor",
+    schema="(Tensor x, Tensor weight, Tensor? bias, str mask_type, int data_channels, bool relu_input, "
+           "Tensor? residual=None) -> Tensor",
     backward_schema="(Tensor grad_y, Tensor x, Tensor weight, str mask_type, int data_channels, bool relu_input, "
                     "bool x_grad, bool weight_grad, bool bias_grad) "
                     "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)",
     fake=_fake, fake_backward=_fake_backward, setup_context=_setup_context, make_backward=_make_backward)
 
 
-def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1, relu_input=False):
+def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1, relu_input=False, residual=None):
     """PixelCNN masked convolution, same-size output.
 
     x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw) with kh, kw odd, bias: (Cout,) or None
@@ -114,9 +124,12 @@ def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1, relu_inp
     contiguous). mask_type "A" excludes the centre tap (between equal colour groups),
     "B" includes it; data_channels: number of colour groups (R -> G -> B) the channels split into.
     relu_input: convolve relu(x) instead of x (the ReLU fused into the kernels' reads of x and,
-    backward, into their write of grad_x: no separate ReLU pass over x or its gradient)."""
-    check_args(x, weight, bias, mask_type, data_channels, relu_input)
-    y = SPEC.dispatch(x.device, x, weight, bias, mask_type, data_channels, relu_input)
+    backward, into their write of grad_x: no separate ReLU pass over x or its gradient).
+    residual: None or a tensor of the output's shape (N, Cout, H, W) added to it, y = conv + bias +
+    residual (a residual block's skip connection, added while the kernel holds the output block in
+    cache; its gradient is grad_y itself)."""
+    check_args(x, weight, bias, mask_type, data_channels, relu_input, residual)
+    y = SPEC.dispatch(x.device, x, weight, bias, mask_type, data_channels, relu_input, residual)
     # The kernels return channels-last; every impl hands back the layout F.conv2d gives, by ATen's
     # rule on x's strides (suggest_memory_format, which also tells a channels-last x of one
     # channel from a contiguous one): channels-last for a channels-last x (a stack of layers fed

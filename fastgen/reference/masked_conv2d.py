@@ -41,9 +41,10 @@ def build_mask(out_channels, in_channels, kh, kw, mask_type, data_channels=1, dt
     return mask
 
 
-def masked_conv2d(x, weight, bias, mask_type, data_channels, relu_input=False):
-    """x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw) (kh, kw odd), bias: (Cout,) or None
-    -> y: (N, Cout, H, W), y = conv2d(x, weight * mask, bias, padding=(kh // 2, kw // 2)),
+def masked_conv2d(x, weight, bias, mask_type, data_channels, relu_input=False, residual=None):
+    """x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw) (kh, kw odd), bias: (Cout,) or None,
+    residual: (N, Cout, H, W) or None
+    -> y: (N, Cout, H, W), y = conv2d(x, weight * mask, bias, padding=(kh // 2, kw // 2)) + residual,
     on relu(x) instead of x when relu_input."""
     if relu_input:
         x = torch.relu(x)
@@ -62,4 +63,6 @@ def masked_conv2d(x, weight, bias, mask_type, data_channels, relu_input=False):
             y = y + torch.einsum("nchw,oc->nohw", xp[:, :, i:i + h, j:j + w], w_tap)
     if bias is not None:
         y = y + bias.view(1, -1, 1, 1)
+    if residual is not None:
+        y = y + residual
     return y
