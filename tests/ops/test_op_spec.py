@@ -14,7 +14,7 @@ from tests.ops.test_double_backward import _cases
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OPS = ["reparameterize", "discriminator_loss", "generator_loss", "masked_linear", "masked_conv2d",
-       "row_lstm_scan", "nade"]
+       "row_lstm_scan", "nade", "bernoulli_log_prob"]
 
 
 class _Dispatched(Exception):
