@@ -49,10 +49,30 @@ inline at::Tensor matrix_to_nhwc(const at::Tensor& m, const MaskedConvArgs& a, i
   return m.view({a.n, a.h, a.w, c}).permute({0, 3, 1, 2});
 }
 
+// Whether the centre tap connects every channel pair: type B with one channel group (a
+// one-channel image's hidden layers). The mask is then all ones: nothing to apply, on every
+// call of every 1x1 layer of a PixelCNN.
+inline bool centre_full(const MaskedConvArgs& a) { return !a.type_a && a.groups == 1; }
+
 // Wc (Cout, Cin), contiguous in dtype dt, masked channel pairs exactly 0 (a select).
 inline at::Tensor centre_matrix(const at::Tensor& weight, const MaskedConvArgs& a, at::ScalarType dt) {
   auto wc = weight.reshape({a.cout, a.cin}).to(dt).contiguous();
-  return wc.masked_fill(centre_mask(a, wc.options()) == 0, 0);
+  return centre_full(a) ? wc : wc.masked_fill(centre_mask(a, wc.options()) == 0, 0);
+}
+
+// parts (P, ...) -> their sum over P, added in order (deterministic), as a contiguous tensor
+// of the trailing shape: a few thousand elements here, where at::sum's setup costs more than
+// the additions.
+inline at::Tensor sum_parts(const at::Tensor& parts) {
+  auto out = parts[0].clone(at::MemoryFormat::Contiguous);
+  const int64_t n = out.numel();
+  AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "sum_parts", [&] {
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* p = parts.const_data_ptr<scalar_t>();
+    for (int64_t k = 1; k < parts.size(0); ++k)
+      for (int64_t i = 0; i < n; ++i) o[i] += p[k * n + i];
+  });
+  return out;
 }
 
 // body(p0, m, part, scratch) for the pixel blocks [p0, p0 + m) of every chunk, on the chunk
@@ -175,10 +195,11 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward(const at:
   });
   if (x_grad) gx = matrix_to_nhwc(gxm, a, a.cin);
   if (weight_grad) {
-    auto g = tx ? gw_parts.sum(0).t().contiguous() : gw_parts.sum(0);  // (Cout, Cin)
-    gw = g.masked_fill(centre_mask(a, g.options()) == 0, 0).view({a.cout, a.cin, 1, 1}).to(weight.scalar_type());
+    auto g = tx ? sum_parts(gw_parts).t().contiguous() : sum_parts(gw_parts);  // (Cout, Cin)
+    if (!centre_full(a)) g = g.masked_fill(centre_mask(a, g.options()) == 0, 0);
+    gw = g.view({a.cout, a.cin, 1, 1}).to(weight.scalar_type());
   }
-  if (bias_grad) gb = gb_parts.sum(0).to(weight.scalar_type());
+  if (bias_grad) gb = sum_parts(gb_parts).to(weight.scalar_type());
   return {gx, gw, gb};
 }
 

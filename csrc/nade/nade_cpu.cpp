@@ -236,14 +236,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> nade_backward_cpu(const Tenso
   auto v = v_in.to(ct).contiguous(), W = W_in.to(ct).contiguous(), V = V_in.to(ct).contiguous();
   auto a_last = a_last_in.contiguous();
   if (s.L > kFusedHeads) return backward_gemm_head(s, g, v, W, V, a_last, gb, grad_v, dt);
-  // fused heads: threads split the hidden units, in whole vectors of kUnitBlock
+  // fused heads: threads split the hidden units, in whole vectors of kUnitBlock (narrower blocks
+  // per thread, for h to stay in L1, measured slower: every event's pass is then repeated per block)
   const int64_t blocks = (s.H + kUnitBlock - 1) / kUnitBlock;
   const int64_t chunks = std::min(num_chunks(s.N, s.D, s.H, s.L, /*max_chunks=*/blocks), blocks);
   auto gW = at::empty({s.H, s.D}, copts), gc = at::empty({s.H}, copts), gV = at::empty({s.D, s.L, s.H}, copts);
   auto gv = grad_v ? at::empty({chunks, s.N, s.D}, copts) : at::zeros({s.N, s.D}, copts);
+  auto gT = g.permute({1, 2, 0}).contiguous();  // (D, L, N): each step's g for the GEMV
   AT_DISPATCH_FLOATING_TYPES(ct, "nade_backward_cpu", [&] {
     const Args<scalar_t> A{s.N, s.D, s.H, s.L, v.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
                            nullptr, nullptr, V.const_data_ptr<scalar_t>(), nullptr, nullptr};
+    const Schedule sched = make_schedule(A.v, s.N, s.D, flush_every(grad_v));
     dispatch_head(s.L, [&](auto lf) {
       constexpr int LF = decltype(lf)::value;
       if constexpr (LF > 0) {
@@ -251,14 +254,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> nade_backward_cpu(const Tenso
           for (int64_t ch = c0; ch < c1; ++ch) {
             const int64_t j0 = ch * blocks / chunks * kUnitBlock;
             const int64_t j1 = std::min((ch + 1) * blocks / chunks * kUnitBlock, s.H);
-            const auto* gp = g.const_data_ptr<scalar_t>();
+            const auto *gp = g.const_data_ptr<scalar_t>(), *gTp = gT.const_data_ptr<scalar_t>();
             const double* ap = a_last.const_data_ptr<double>();
             auto *gWp = gW.data_ptr<scalar_t>(), *gVp = gV.data_ptr<scalar_t>(), *gcp = gc.data_ptr<scalar_t>();
             if (grad_v)
-              backward_units_fused<scalar_t, LF, true>(A, gp, ap, j0, j1, gv.data_ptr<scalar_t>() + ch * s.N * s.D,
-                                                       gWp, gVp, gcp);
+              backward_units_fused<scalar_t, LF, true>(A, gp, gTp, sched, ap, j0, j1,
+                                                       gv.data_ptr<scalar_t>() + ch * s.N * s.D, gWp, gVp, gcp);
             else
-              backward_units_fused<scalar_t, LF, false>(A, gp, ap, j0, j1, nullptr, gWp, gVp, gcp);
+              backward_units_fused<scalar_t, LF, false>(A, gp, gTp, sched, ap, j0, j1, nullptr, gWp, gVp, gcp);
           }
         });
       }

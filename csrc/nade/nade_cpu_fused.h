@@ -18,6 +18,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
 #include "fastgen_cpu.h"
 #include "nade/nade.h"
@@ -110,20 +112,60 @@ void forward_chunk_fused(const Args<C>& A, int64_t n0, int64_t n1, C* out, doubl
   }
 }
 
+// How many steps' dh the backward sums into R at once (flush): grad_v reads R at every step.
+constexpr int flush_every(bool dv) { return dv ? 1 : 8; }
+
+// The backward's work list, the same for every thread and every block of units (it depends on v
+// alone), made once: per step, the examples whose step needs a pass over the units (its input
+// is lit, or its pending dh are due), with what the pass does. Most (example, step) pairs need
+// none; the threads then skip them without looking at them.
+struct Event {
+  int32_t n;       // the example
+  uint8_t before;  // lit: the pending steps after this one, summed into R with it
+  bool lit;        // v_t != 0: dW_t += v_t R, and a_t = a_{t+1} - W_t v_t gives the step's h
+  bool flush;      // the flush_every pending steps from this one on are summed into R
+};
+struct Schedule {
+  std::vector<int64_t> lo, hi;  // step t's events: [lo[t], hi[t])
+  std::vector<Event> ev;
+  std::vector<int> pending_end;  // per example: steps 0 .. p-1 still pending after step 0
+};
+
+template <typename C>
+Schedule make_schedule(const C* v, int64_t N, int64_t D, int every) {
+  Schedule s;
+  s.lo.resize(D);
+  s.hi.resize(D);
+  s.pending_end.assign(N, 0);
+  std::vector<int>& pending = s.pending_end;  // steps since the last flush
+  for (int64_t t = D - 1; t >= 0; --t) {
+    s.lo[t] = static_cast<int64_t>(s.ev.size());
+    for (int64_t n = 0; n < N; ++n) {
+      const bool lit = v[n * D + t] != C(0);
+      const int before = lit ? pending[n] : 0, after = (lit ? 0 : pending[n]) + 1;
+      const bool flush = after >= every;
+      pending[n] = flush ? 0 : after;
+      if (lit || flush) s.ev.push_back({static_cast<int32_t>(n), static_cast<uint8_t>(before), lit, flush});
+    }
+    s.hi[t] = static_cast<int64_t>(s.ev.size());
+  }
+  return s;
+}
+
 // Backward of hidden units [j0, j1) for every example, into the columns [j0, j1) of gW (H, D),
-// gV (D, L, H) and gc (H,); grad_v, a sum over units, gets this thread's share in gv (N, D).
+// gV (D, L, H) and gc (H,); grad_v, a sum over units, gets this call's share in gv (N, D).
 // Within a segment (steps with the same a) s = h (1 - h) is constant, so R grows by s times the
-// sum of dh = g V_t over the segment's steps. R is brought up to date only at a flush: at a step
-// with v_t != 0, whose one pass does all that step's work on a (R complete for dW_t += v_t R;
-// a_t = a_{t+1} - W_t v_t gives the h of this step and the segment's earlier ones), and every
-// kFlushEvery steps (the sum of dh is in float). A flush sums the pending steps' dh in
-// registers, their rows of V still in cache: an ordinary step is only its share of dV_t.
-// grad_v reads R at every step: flushed at every step then.
+// sum of dh = g V_t over the segment's steps. R is brought up to date only at the schedule's
+// events: at a step with v_t != 0, whose one pass does all that step's work on a (R complete
+// for dW_t += v_t R; a_t = a_{t+1} - W_t v_t gives the h of this step and the segment's earlier
+// ones), and every flush_every steps (the sum of dh is in float), summed in registers from the
+// pending steps' rows of V, still in cache. An ordinary step is only its share of dV_t, a GEMV
+// over the examples with the step's g from gT (D, L, N).
 template <typename C, int LF, bool kDv>
-void backward_units_fused(const Args<C>& A, const C* g, const double* a_last, int64_t j0, int64_t j1, C* gv, C* gW,
-                          C* gV, C* gc) {
+void backward_units_fused(const Args<C>& A, const C* g, const C* gT, const Schedule& S, const double* a_last,
+                          int64_t j0, int64_t j1, C* gv, C* gW, C* gV, C* gc) {
   using Vec = at::vec::Vectorized<C>;
-  constexpr int kFlushEvery = kDv ? 1 : 8;
+  constexpr int kFlushEvery = flush_every(kDv);
   constexpr int64_t VS = Vec::size();
   constexpr int kGroup = LF <= 2 ? 4 : 2;  // vectors of dV_t in registers per GEMV pass
   const int64_t N = A.N, D = A.D, H = A.H, L = A.L, LH = L * H, hw = j1 - j0;
@@ -137,16 +179,13 @@ void backward_units_fused(const Args<C>& A, const C* g, const double* a_last, in
     std::copy(a_last + n * H + j0, a_last + n * H + j1, a + n * hw);
     for_vectors<C>(hw, [&](int64_t j, auto k) { st(sigmoid_cpu(Acc<C>::load(a + n * hw + j, k)), hc + n * hw + j, k); });
   }
-  // sum of dh over the np steps t, t + 1, ... (Vt = V + t L H + j0, gn = g's row n from step t);
-  // np an int or, better, a constant (a loop of known length)
-  const auto dh_sum = [&](auto np, const C* Vt, const C* gn, int64_t j, auto k) {
+  // sum of dh over the np steps t, t + 1, ... (Vt = V + t L H + j0, gn = g's row n from step t)
+  const auto dh_sum = [&](int np, const C* Vt, const C* gn, int64_t j, auto k) {
     Vec q(C(0));
-    for (int i = 0; i < static_cast<int>(np); ++i)
+    for (int i = 0; i < np; ++i)
       for (int l = 0; l < LF; ++l) q = at::vec::fmadd(Vec(gn[i * L + l]), ld(Vt + i * LH + l * H + j, k), q);
     return q;
   };
-  std::vector<int> pending(N, 0);  // steps since the last flush (the steps after the current one)
-  std::vector<C> gt(N * LF);       // g[:, t, :], by head row
   for (int64_t t1 = D; t1 > 0; t1 -= kSteps) {
     const int64_t t0 = std::max<int64_t>(t1 - kSteps, 0);
     transpose_block(A.W + j0 * D + t0, D, wb, hw, hw, t1 - t0);
@@ -159,46 +198,58 @@ void backward_units_fused(const Args<C>& A, const C* g, const double* a_last, in
       const C* w_t = wb + (t - t0) * hw;
       const C* V_t = A.V + t * LH + j0;  // row l at l * H
       C* dw_t = dwb + (t - t0) * hw;
-      for (int64_t n = 0; n < N; ++n) {  // the step's work on a and R (h is the step's from here on)
+      const bool undo = t + 1 < D;  // a_{D-1} is where we start
+      for (int64_t e = S.lo[t]; e < S.hi[t]; ++e) {  // the step's work on a and R (h is the step's from here on)
+        const Event ev = S.ev[e];
+        const int64_t n = ev.n;
         const C* gn = g + (n * D + t) * L;
-        for (int l = 0; l < LF; ++l) gt[l * N + n] = gn[l];
-        const C vs = A.v[n * D + t];
-        const bool has_v = vs != C(0), undo = has_v && t + 1 < D;  // a_{D-1} is where we start
-        const int before = has_v ? pending[n] : 0, after = (has_v ? 0 : pending[n]) + 1;
-        const bool flush = after >= kFlushEvery;
-        pending[n] = flush ? 0 : after;
-        if (!has_v && !flush) continue;  // most steps: nothing but dV_t below
         double *an = a + n * hw, *Rn = R + n * hw;
         C *hn = hc + n * hw, *rfn = rf + n * hw;
+        const C vs = A.v[n * D + t];
         const Vec vt(vs), vneg(-vs);  // (-v) W = -(v W) exactly: the forward's term undone
         Vec dv_acc(C(0));
-        const auto pass = [&](auto na) {  // na: the steps flushed after this one's (0 or kFlushEvery)
+        const auto pass = [&](auto lit_c, auto flush_c) {
+          constexpr bool kLit = decltype(lit_c)::value, kFlush = decltype(flush_c)::value;
+          Vec gf[kFlushEvery * LF];  // the flushed steps' g, broadcast once
+          if constexpr (kFlush)
+            for (int i = 0; i < kFlushEvery; ++i)
+              for (int l = 0; l < LF; ++l) gf[i * LF + l] = Vec(gn[i * L + l]);
           for_vectors<C>(hw, [&](int64_t j, auto k) {
             Vec h = ld(hn + j, k);
             if constexpr (kDv) dv_acc = at::vec::fmadd(ld(w_t + j, k), ld(rfn + j, k), dv_acc);
-            if (has_v) {
-              const Vec r = Acc<C>::add_get(Rn + j, h * (Vec(C(1)) - h) * dh_sum(before, V_t + LH, gn + L, j, k), k);
+            if constexpr (kLit) {
+              const Vec r = Acc<C>::add_get(Rn + j, h * (Vec(C(1)) - h) * dh_sum(ev.before, V_t + LH, gn + L, j, k), k);
               st(at::vec::fmadd(vt, r, ld(dw_t + j, k)), dw_t + j, k);
               if (undo) {
                 h = sigmoid_cpu(Acc<C>::add_get(an + j, vneg * ld(w_t + j, k), k));
                 st(h, hn + j, k);
               }
             }
-            if constexpr (decltype(na)::value > 0) {
-              const Vec r = Acc<C>::add_get(Rn + j, h * (Vec(C(1)) - h) * dh_sum(na, V_t, gn, j, k), k);
+            if constexpr (kFlush) {
+              Vec q(C(0));
+              for (int i = 0; i < kFlushEvery; ++i)
+                for (int l = 0; l < LF; ++l) q = at::vec::fmadd(gf[i * LF + l], ld(V_t + i * LH + l * H + j, k), q);
+              const Vec r = Acc<C>::add_get(Rn + j, h * (Vec(C(1)) - h) * q, k);
               if constexpr (kDv) st(r, rfn + j, k);
             }
           });
         };
-        if (flush)
-          pass(std::integral_constant<int, kFlushEvery>());
-        else
-          pass(std::integral_constant<int, 0>());
+        using T = std::true_type;
+        using F = std::false_type;
+        if (ev.lit) {
+          if (ev.flush)
+            pass(T(), T());
+          else
+            pass(T(), F());
+        } else {
+          pass(F(), T());
+        }
         if constexpr (kDv) gv[n * D + t] = reduce_sum(dv_acc);
       }
       // dV_t = sum_n g[n, t] h_n: G vectors of accumulators per head row in registers while the
-      // examples stream by (the h of all examples is L2's: each is loaded once per step)
+      // examples stream by (the h of all examples is L1's: each is loaded once per step)
       C* dV_t = gV + t * LH + j0;
+      const C* g_t = gT + t * L * N;  // row l at l * N
       const auto gemv = [&](int64_t j, auto k, auto group) {  // G whole vectors, or one (count k)
         constexpr int G = decltype(group)::value;
         Vec acc[LF][G];
@@ -206,7 +257,7 @@ void backward_units_fused(const Args<C>& A, const C* g, const double* a_last, in
           for (auto& x : row) x = Vec(C(0));
         for (int64_t n = 0; n < N; ++n)
           for (int l = 0; l < LF; ++l) {
-            const Vec gb(gt[l * N + n]);
+            const Vec gb(g_t[l * N + n]);
             for (int i = 0; i < G; ++i) acc[l][i] = at::vec::fmadd(gb, ld(hc + n * hw + j + i * VS, k), acc[l][i]);
           }
         for (int l = 0; l < LF; ++l)
@@ -214,6 +265,10 @@ void backward_units_fused(const Args<C>& A, const C* g, const double* a_last, in
       };
       int64_t j = 0;
       for (; j + kGroup * VS <= hw; j += kGroup * VS) gemv(j, Full(), std::integral_constant<int, kGroup>());
+      if (j + 2 * VS <= hw) {
+        gemv(j, Full(), std::integral_constant<int, 2>());
+        j += 2 * VS;
+      }
       for_vectors<C>(hw - j, [&](int64_t jj, auto k) { gemv(j + jj, k, std::integral_constant<int, 1>()); });
     }
     transpose_block(dwb, hw, gW + j0 * D + t0, D, t1 - t0, hw);
@@ -222,7 +277,7 @@ void backward_units_fused(const Args<C>& A, const C* g, const double* a_last, in
   for (int64_t n = 0; n < N; ++n) {  // the last pending steps, 0 .. pending - 1
     for_vectors<C>(hw, [&](int64_t j, auto k) {
       const Vec h = ld(hc + n * hw + j, k);
-      Acc<C>::add(R + n * hw + j, h * (Vec(C(1)) - h) * dh_sum(pending[n], A.V + j0, g + n * D * L, j, k), k);
+      Acc<C>::add(R + n * hw + j, h * (Vec(C(1)) - h) * dh_sum(S.pending_end[n], A.V + j0, g + n * D * L, j, k), k);
     });
     for (int64_t j = 0; j < hw; ++j) dc[j] += R[n * hw + j];
   }

@@ -178,11 +178,22 @@ class AutoregressiveModel(nn.Module, abc.ABC):
                              f" got {tuple(x.shape)}")
         if x.is_complex() or x.dtype == torch.bool:
             raise TypeError(f"{name} must hold integer pixel levels; got dtype {x.dtype}")
-        if x.numel():
-            xf = x.double()
-            if not torch.equal(xf, xf.round()) or xf.min() < 0 or xf.max() > self.num_levels - 1:
-                raise ValueError(f"{name} must hold integer levels in [0, {self.num_levels - 1}]")
+        if x.numel():  # one pass where it can be: the check runs on every training step
+            top = self.num_levels - 1
+            if x.is_floating_point():  # NaN and +-inf differ from their rounded, clamped selves
+                ok = torch.equal(x, x.round().clamp_(0, top))
+            else:
+                lo, hi = torch.aminmax(x)
+                ok = bool(lo >= 0) and bool(hi <= top)
+            if not ok:
+                raise ValueError(f"{name} must hold integer levels in [0, {top}]")
         return x.to(self.dtype()) if not x.is_floating_point() else x
+
+    def unit_levels(self, x):
+        """x (N, C, H, W) of levels 0..K-1 -> (N, D) in [0, 1]: a view of x when K = 2 (no
+        division pass on every step of a binary model)."""
+        flat = x.reshape(x.shape[0], self.num_dims)
+        return flat if self.num_levels == 2 else flat / (self.num_levels - 1)
 
     def dtype(self):
         """The floating dtype of the model's parameters (float32 for a parameter-free model)."""
@@ -198,7 +209,7 @@ class AutoregressiveModel(nn.Module, abc.ABC):
         n = x.shape[0]
         if logits.shape[1] == 1:
             d = self.num_dims
-            return bernoulli_log_prob(logits[:, 0].reshape(n, d), x.to(logits.dtype).reshape(n, d))
+            return bernoulli_log_prob(logits.reshape(n, d), x.to(logits.dtype).reshape(n, d))  # a view: no select
         logp = torch.log_softmax(logits, dim=1)
         return logp.gather(1, x.long().unsqueeze(1)).squeeze(1).reshape(n, self.num_dims).sum(1)
 

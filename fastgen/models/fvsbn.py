@@ -32,7 +32,7 @@ class FVSBN(AutoregressiveModel):
     def logits(self, x):
         x = self.check_input(x)
         n, k = x.shape[0], self.num_logits
-        out = self.linear(x.reshape(n, self.num_dims) / (self.num_levels - 1))   # (N, D*L)
+        out = self.linear(self.unit_levels(x))   # (N, D*L)
         return out.view(n, self.num_dims, k).transpose(1, 2).reshape(n, k, *self.input_shape)
 
     def _sample_incremental(self, x, known, u):

@@ -107,7 +107,7 @@ class MADE(AutoregressiveModel):
     def logits(self, x):
         x = self.check_input(x)
         n, k = x.shape[0], self.num_logits
-        h = x.reshape(n, self.num_dims) / (self.num_levels - 1)
+        h = self.unit_levels(x)
         for layer in self.hidden:
             h = torch.relu(layer(h))
         out = self.output(h).view(n, self.num_dims, k)

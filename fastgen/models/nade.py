@@ -44,7 +44,7 @@ class NADE(AutoregressiveModel):
     def logits(self, x):
         x = self.check_input(x)
         n, k = x.shape[0], self.num_logits
-        v = x.reshape(n, self.num_dims) / (self.num_levels - 1)
+        v = self.unit_levels(x)
         if self._natural_order():
             by_step = nade_layer(v, self.W, self.c, self.V, self.b)                  # (N, D, L)
             return by_step.transpose(1, 2).reshape(n, k, *self.input_shape)
