@@ -41,6 +41,34 @@ def time_interleaved(providers, repeats=7, min_time=0.05):
     return {n: statistics.median(s) for n, s in samples.items()}
 
 
+def mode_rows(op, label, modes, providers, repeats, triad=None, element_size=4, compile_s=None, extra_note=None):
+    """The rows of one case of an elementwise op: for each (mode, wrap, traffic) of modes, the
+    providers ({name: fn}, wrap(fn) -> a zero-arg callable) timed interleaved, each row's speedup
+    against "eager reference"; with triad (GB/s), the achieved rate of the minimal traffic
+    (elements of element_size bytes) as a fraction of it; the first mode's torch.compile row gets
+    the compile time; extra_note(name, times) -> str or None adds a provider's note."""
+    rows = []
+    for i, (mode, wrap, traffic) in enumerate(modes):
+        times = time_interleaved({k: wrap(f) for k, f in providers.items()}, repeats=repeats)
+        base = times["eager reference"]
+        for name, t in times.items():
+            row = {"op": op, "case": f"{label} {mode}", "provider": name, "ms": t * 1e3, "speedup": base / t}
+            notes = []
+            if triad is not None:
+                gbs = traffic * element_size / t / 1e9
+                row["gbs"] = gbs
+                notes.append(f"{gbs:.1f} GB/s = {gbs / triad:.0%} of triad")
+            extra = extra_note(name, times) if extra_note is not None else None
+            if extra:
+                notes.append(extra)
+            if name.startswith("torch.compile") and i == 0 and compile_s is not None:
+                notes.append(f"first call {compile_s:.1f} s")
+            if notes:
+                row["note"] = "; ".join(notes)
+            rows.append(row)
+    return rows
+
+
 def compile_timed(fn, *example_args, backward=False):
     """torch.compile(fn) and the seconds its first call took (compilation included). With
     backward=True the first call also back-propagates the sum of the outputs."""
@@ -150,3 +178,12 @@ def report(name, rows, out_dir=RESULTS):
         json.dump({"name": name, "environment": environment(), "rows": rows}, f, indent=1)
     os.replace(tmp, path)
     return path
+
+
+def main(name, run):
+    """A bench script's command line: `python bench/bench_NAME.py [--quick]`. A quick (smoke) run
+    reports to NAME.quick.json (gitignored), never over the measured NAME.json."""
+    import sys
+
+    quick = "--quick" in sys.argv
+    return report(f"{name}.quick" if quick else name, run(quick=quick))

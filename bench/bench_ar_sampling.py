@@ -14,7 +14,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench._harness import report  # noqa: E402
+from bench._harness import main  # noqa: E402
 from fastgen.models import FVSBN, MADE, NADE  # noqa: E402
 
 
@@ -49,5 +49,4 @@ def run(quick=False):
 
 
 if __name__ == "__main__":
-    quick = "--quick" in sys.argv
-    report("ar_sampling.quick" if quick else "ar_sampling", run(quick=quick))
+    main("ar_sampling", run)

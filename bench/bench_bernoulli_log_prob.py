@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastgen  # noqa: E402
-from bench._harness import compile_timed, report, time_interleaved, triad_gbs  # noqa: E402
+from bench._harness import compile_timed, mode_rows, main, triad_gbs  # noqa: E402
 from fastgen import _ext  # noqa: E402
 from fastgen.ops import bernoulli_log_prob  # noqa: E402
 from fastgen.reference.bernoulli_log_prob import bernoulli_log_prob as reference  # noqa: E402
@@ -35,7 +35,7 @@ def _case(label, shape, x_shape, repeats, triad, with_compile=True):
     logits = (3 * torch.randn(shape, generator=g)).requires_grad_()
     x = torch.bernoulli(torch.full(x_shape, 0.15), generator=g)
     ref_fn = lambda l, xx: reference(l, xx.expand(l.shape))  # noqa: E731
-    providers = {"eager reference": ref_fn}
+    providers, compile_s = {"eager reference": ref_fn}, None
     if with_compile:
         providers["torch.compile(reference)"], compile_s = compile_timed(ref_fn, logits, x, backward=True)
     if _ext.AVAILABLE:
@@ -54,24 +54,8 @@ def _case(label, shape, x_shape, repeats, triad, with_compile=True):
         return run
 
     n = logits.numel()
-    rows = []
-    for mode, wrap, traffic in (("fwd", forward, 2 * n), ("fwd+bwd", forward_backward, 3 * n)):
-        times = time_interleaved({k: wrap(f) for k, f in providers.items()}, repeats=repeats)
-        base = times["eager reference"]
-        for name, t in times.items():
-            row = {"op": "bernoulli_log_prob", "case": f"{label} {mode}", "provider": name, "ms": t * 1e3,
-                   "speedup": base / t}
-            notes = []
-            if triad is not None:
-                gbs = traffic * logits.element_size() / t / 1e9
-                row["gbs"] = gbs
-                notes.append(f"{gbs:.1f} GB/s = {gbs / triad:.0%} of triad")
-            if name.startswith("torch.compile") and mode == "fwd":
-                notes.append(f"first call {compile_s:.1f} s")
-            if notes:
-                row["note"] = "; ".join(notes)
-            rows.append(row)
-    return rows
+    return mode_rows("bernoulli_log_prob", label, (("fwd", forward, 2 * n), ("fwd+bwd", forward_backward, 3 * n)),
+                     providers, repeats, triad=triad, element_size=logits.element_size(), compile_s=compile_s)
 
 
 def run(quick=False):
@@ -87,4 +71,4 @@ def run(quick=False):
 
 
 if __name__ == "__main__":
-    report("bernoulli_log_prob", run(quick="--quick" in sys.argv))
+    main("bernoulli_log_prob", run)

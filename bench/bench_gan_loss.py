@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastgen  # noqa: E402
-from bench._harness import compile_timed, report, time_interleaved, triad_gbs  # noqa: E402
+from bench._harness import compile_timed, mode_rows, main, triad_gbs  # noqa: E402
 from fastgen import _ext  # noqa: E402
 from fastgen.ops import discriminator_loss, generator_loss  # noqa: E402
 from fastgen.reference import gan_loss as reference  # noqa: E402
@@ -68,28 +68,16 @@ def _case(which, kind, shape, repeats, triad):
             real.grad = fake.grad = None
         return run
 
-    rows = []
     size = "x".join(map(str, shape))
     label = f"{which} {kind} {size}" + (" (each)" if which == "discriminator" else "")
-    for mode, wrap, traffic in (("fwd", forward, n), ("fwd+bwd", forward_backward, 2 * n)):
-        times = time_interleaved({k: wrap(f) for k, f in providers.items()}, repeats=repeats)
-        base = times["eager reference"]
-        for name, t in times.items():
-            row = {"op": "gan_loss", "case": f"{label} {mode}", "provider": name, "ms": t * 1e3,
-                   "speedup": base / t}
-            notes = []
-            if triad is not None:
-                gbs = traffic * real.element_size() / t / 1e9
-                row["gbs"] = gbs
-                notes.append(f"{gbs:.1f} GB/s = {gbs / triad:.0%} of triad")
-            if bce_name is not None and name != bce_name:
-                notes.append(f"{times[bce_name] / t:.2f}x vs eager BCE-with-logits")
-            if name.startswith("torch.compile") and mode == "fwd":
-                notes.append(f"first call {compile_s:.1f} s")
-            if notes:
-                row["note"] = "; ".join(notes)
-            rows.append(row)
-    return rows
+
+    def vs_bce(name, times):
+        if bce_name is not None and name != bce_name:
+            return f"{times[bce_name] / times[name]:.2f}x vs eager BCE-with-logits"
+        return None
+
+    return mode_rows("gan_loss", label, (("fwd", forward, n), ("fwd+bwd", forward_backward, 2 * n)), providers,
+                     repeats, triad=triad, element_size=real.element_size(), compile_s=compile_s, extra_note=vs_bce)
 
 
 def run(quick=False):
@@ -108,4 +96,4 @@ def run(quick=False):
 
 
 if __name__ == "__main__":
-    report("gan_loss", run(quick="--quick" in sys.argv))
+    main("gan_loss", run)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastgen  # noqa: E402
-from bench._harness import compile_timed, report, sgemm_gflops, time_interleaved  # noqa: E402
+from bench._harness import compile_timed, main, sgemm_gflops, time_interleaved  # noqa: E402
 from fastgen import _ext  # noqa: E402
 from fastgen.ops import masked_conv2d  # noqa: E402
 from fastgen.reference.masked_conv2d import build_mask  # noqa: E402
@@ -103,4 +103,4 @@ def run(quick=False):
 
 
 if __name__ == "__main__":
-    report("masked_conv2d", run(quick="--quick" in sys.argv))
+    main("masked_conv2d", run)

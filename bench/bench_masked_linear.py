@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastgen  # noqa: E402
-from bench._harness import compile_timed, report, sgemm_gflops, time_interleaved  # noqa: E402
+from bench._harness import compile_timed, main, sgemm_gflops, time_interleaved  # noqa: E402
 from fastgen import _ext  # noqa: E402
 from fastgen.nn import MaskedLinear  # noqa: E402
 from fastgen.reference.masked_linear import masked_linear as reference  # noqa: E402
@@ -117,5 +117,4 @@ def run(quick=False):
 
 
 if __name__ == "__main__":
-    quick = "--quick" in sys.argv
-    report("masked_linear.quick" if quick else "masked_linear", run(quick=quick))
+    main("masked_linear", run)

@@ -19,7 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench._harness import compile_timed, report, sgemm_rates, time_interleaved  # noqa: E402
+from bench._harness import compile_timed, main, sgemm_rates, time_interleaved  # noqa: E402
 
 import fastgen  # noqa: E402
 from fastgen import _ext  # noqa: E402
@@ -138,4 +138,4 @@ def run(quick=False):
 
 
 if __name__ == "__main__":
-    report(OP, run(quick="--quick" in sys.argv))
+    main(OP, run)

@@ -15,7 +15,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench._harness import report  # noqa: E402
+from bench._harness import main  # noqa: E402
 from fastgen.models import GatedPixelCNN, PixelCNN  # noqa: E402
 
 
@@ -68,4 +68,4 @@ def run(quick=False):
 
 
 if __name__ == "__main__":
-    report("pixelcnn_sampling", run(quick="--quick" in sys.argv))
+    main("pixelcnn_sampling", run)

@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastgen  # noqa: E402
-from bench._harness import compile_timed, report, time_interleaved, triad_gbs  # noqa: E402
+from bench._harness import compile_timed, mode_rows, main, triad_gbs  # noqa: E402
 from fastgen import _ext  # noqa: E402
 from fastgen.ops import reparameterize  # noqa: E402
 from fastgen.reference.reparameterize import reparameterize as reference  # noqa: E402
@@ -24,7 +24,7 @@ def _case(rows, cols, repeats, triad, with_compile=True):
     mu.requires_grad_(True)
     logvar.requires_grad_(True)
     gz, gk = torch.randn(rows, cols, generator=g), torch.randn(rows, generator=g)
-    impls = {"eager reference": reference}
+    impls, compile_s = {"eager reference": reference}, None
     if with_compile:
         compiled, compile_s = compile_timed(reference, mu, logvar, eps, backward=True)
         impls["torch.compile(reference)"] = compiled
@@ -44,22 +44,9 @@ def _case(rows, cols, repeats, triad, with_compile=True):
             mu.grad = logvar.grad = None
         return run
 
-    rows_out = []
     n = rows * cols
-    for mode, wrap, traffic in (("fwd", forward, 4 * n), ("fwd+bwd", forward_backward, 10 * n)):
-        times = time_interleaved({k: wrap(f) for k, f in impls.items()}, repeats=repeats)
-        base = times["eager reference"]
-        for name, t in times.items():
-            row = {"op": "reparameterize", "case": f"{rows}x{cols} {mode}", "provider": name,
-                   "ms": t * 1e3, "speedup": base / t}
-            if triad is not None:
-                gbs = traffic * mu.element_size() / t / 1e9
-                row["gbs"] = gbs
-                row["note"] = f"{gbs:.1f} GB/s = {gbs / triad:.0%} of triad"
-            if name.startswith("torch.compile") and mode == "fwd":
-                row["note"] = (row.get("note", "") + f"; first call {compile_s:.1f} s").lstrip("; ")
-            rows_out.append(row)
-    return rows_out
+    return mode_rows("reparameterize", f"{rows}x{cols}", (("fwd", forward, 4 * n), ("fwd+bwd", forward_backward, 10 * n)),
+                     impls, repeats, triad=triad, element_size=mu.element_size(), compile_s=compile_s)
 
 
 def run(quick=False):
@@ -81,4 +68,4 @@ def _run(quick):
 
 
 if __name__ == "__main__":
-    report("reparameterize", run(quick="--quick" in sys.argv))
+    main("reparameterize", run)
