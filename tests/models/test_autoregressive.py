@@ -182,6 +182,13 @@ def test_bad_input_raises_clearly(name):
         model.log_prob(torch.full((2,) + SHAPE, 3.0))                # outside 0..K-1
     with pytest.raises(ValueError, match="levels"):
         model.log_prob(torch.full((2,) + SHAPE, 0.5))
+    for bad in (float("nan"), float("inf"), float("-inf"), -1.0):    # the one-pass check's edges
+        with pytest.raises(ValueError, match="levels"):
+            model.log_prob(torch.zeros((2,) + SHAPE).index_fill_(0, torch.tensor([1]), bad))
+    with pytest.raises(ValueError, match="levels"):
+        model.log_prob(torch.full((2,) + SHAPE, 3, dtype=torch.long))  # integer dtypes: the range
+    x = torch.randint(0, 3, (2,) + SHAPE)
+    torch.testing.assert_close(model.log_prob(x), model.log_prob(x.float()))
     with pytest.raises(ValueError, match="conditioned_on"):
         model.sample(2, conditioned_on=torch.zeros((3,) + SHAPE))
 
