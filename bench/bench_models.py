@@ -8,7 +8,7 @@ fastgen.models.DCGAN((1, 28, 28), latent_dim=32)), 28x28 binary images, batch 64
          DCGAN: its train_step (one D and one G update)
   eval   log_prob on the batch under torch.no_grad (VAE: the IWAE bound, k = 64), per image
 Four providers, each with its own copy of the same initial weights and its own Adam, timed
-interleaved in one run (median of repeats):
+interleaved in one run (median of 7 repeats):
   fastgen             the model on fastgen's kernels (impl "auto": cpp on the CPU)
   reference ops       the same model under fastgen.use_impl("reference")
   torch.compile       torch.compile(model.log_prob) on reference ops (DCGAN: its generator and
@@ -321,7 +321,7 @@ def merge(model_rows, name):
 
 
 def run(quick=False, models=None, compile=True, merge_each=False):
-    repeats = 1 if quick else 3
+    repeats = 1 if quick else 7  # samples per provider (medians): this host swings by 20% between minutes
     env = cpu_info()
     print(f"bench_models: {env}")
     rows = []
