@@ -49,7 +49,7 @@ class Family:
     def model_base():
         """The fastgen class a model of this family subclasses (a user's own class is checked
         against it)."""
-        raise NotImplementedError
+        raise NotImplementedError("model_base: every family defines its own")
 
     # --- data -----------------------------------------------------------------------------------
     @classmethod
@@ -71,7 +71,7 @@ class Family:
     @classmethod
     def per_example_loss(cls, model, x, generator=None):
         """(N,) nats: what training minimises per example."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{cls.__name__}.per_example_loss: every family defines it")
 
     @classmethod
     def optimizers(cls, model, lr):
@@ -244,7 +244,7 @@ class GANFamily(Family):
 
     @classmethod
     def nll(cls, model, x, k=None, generator=None):
-        raise NotImplementedError("a GAN has no likelihood")
+        raise TypeError("a GAN has no likelihood: nll is only for families with has_likelihood")
 
 
 # The one table of families: name -> class.
